@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+
+from labelmix.errors import UserError
+from labelmix.trainables.data.annotations import (
+    AnnotationMix,
+    CostModel,
+    assign_mix,
+    boxes_from_mask,
+    global_label,
+    mix_cost,
+    mix_counts,
+)
+
+
+def test_two_components_of_one_class_give_two_boxes():
+    mask = np.zeros((6, 8), np.uint8)
+    mask[0:2, 0:3] = 1  # component 1 of class 1
+    mask[4:6, 5:8] = 1  # component 2 of class 1
+    mask[3, 1] = 2  # one pixel of class 2
+    boxes = boxes_from_mask(mask, 4)
+    assert boxes.tolist() == [[1, 0, 0, 2, 3], [1, 4, 5, 6, 8], [2, 3, 1, 4, 2]]
+
+
+def test_diagonal_pixels_are_one_component():
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0, 0] = mask[1, 1] = 3
+    assert boxes_from_mask(mask, 4).tolist() == [[3, 0, 0, 2, 2]]
+
+
+def test_empty_mask_has_no_boxes_and_global_label_is_background_only():
+    mask = np.zeros((5, 5), np.uint8)
+    assert boxes_from_mask(mask, 4).shape == (0, 5)
+    assert global_label(mask, 4).tolist() == [True, False, False, False]
+
+
+def test_global_label_lists_present_classes():
+    mask = np.array([[0, 2], [2, 3]], np.uint8)
+    assert global_label(mask, 4).tolist() == [True, False, True, True]
+
+
+def test_mix_counts_sum_to_n_and_round_cumulatively():
+    assert mix_counts(10, AnnotationMix(0.05, 0.25, 0.3, 0.4)).tolist() == [0, 3, 3, 4]
+    assert mix_counts(7, AnnotationMix(0.5, 0.0, 0.0, 0.5)).tolist() == [4, 0, 0, 3]
+    assert mix_counts(0, AnnotationMix()).tolist() == [0, 0, 0, 0]
+
+
+def test_assignment_is_deterministic_and_counts_match():
+    mix = AnnotationMix(0.1, 0.2, 0.3, 0.4)
+    a = assign_mix(100, mix, seed=3)
+    assert np.array_equal(a, assign_mix(100, mix, seed=3))
+    assert np.bincount(a, minlength=4).tolist() == [10, 20, 30, 40]
+    assert not np.array_equal(a, assign_mix(100, mix, seed=4))
+
+
+def test_assignment_is_nested():
+    small = assign_mix(200, AnnotationMix(0.05, 0.10, 0.25, 0.60), seed=7)
+    large = assign_mix(200, AnnotationMix(0.20, 0.30, 0.10, 0.40), seed=7)
+    # smaller full fraction labels a subset of what the larger one labels
+    assert set(np.flatnonzero(small == 0)) <= set(np.flatnonzero(large == 0))
+    # "at least box" (full or box) is nested too, and so is "at least global"
+    assert set(np.flatnonzero(small <= 1)) <= set(np.flatnonzero(large <= 1))
+    assert set(np.flatnonzero(small <= 2)) <= set(np.flatnonzero(large <= 2))  # 0.40 vs 0.60
+
+
+def test_cost_of_a_known_mix():
+    types = np.array([0, 0, 1, 1, 2, 3, 3, 3, 3, 3])  # 2 full, 2 box, 1 global, 5 none
+    boxes = np.array([5, 5, 3, 1, 9, 9, 9, 9, 9, 9])  # only box-type images count their boxes
+    cost = mix_cost(types, boxes, num_classes=4, cost=CostModel())
+    # 2 * 240 + (3 + 1) * 7 + 1 * 3 classes * 1 = 480 + 28 + 3 = 511 s
+    assert cost.hours == pytest.approx(511 / 3600)
+    assert cost.hours_all_full == pytest.approx(10 * 240 / 3600)
+    assert cost.pixel_label_reduction == pytest.approx(0.8)
+    assert cost.cost_reduction == pytest.approx(1 - 511 / 2400)
+    assert cost.counts == {"full": 2, "box": 2, "global": 1, "none": 5}
+    m = cost.metrics()
+    assert m["labels/full"] == 2 and m["cost/hours"] == pytest.approx(511 / 3600)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"full": 0.5, "box": 0.6, "global_": 0.0, "none": 0.0}, "sum to 1"),
+        ({"full": -0.1, "box": 0.6, "global_": 0.5, "none": 0.0}, "mix.full"),
+        ({"full": 1.5, "box": 0.0, "global_": 0.0, "none": -0.5}, "mix.full"),
+    ],
+)
+def test_bad_mix_is_refused(kwargs, field):
+    with pytest.raises(UserError, match=field.replace(".", r"\.")):
+        AnnotationMix(**kwargs)
+
+
+def test_mix_from_mapping():
+    assert AnnotationMix.from_mapping({"full": 0.25, "global": 0.75}).as_dict() == {
+        "full": 0.25, "box": 0.0, "global": 0.75, "none": 0.0}
+    with pytest.raises(UserError, match="unknown annotation type"):
+        AnnotationMix.from_mapping({"pixels": 1.0})
+
+
+def test_negative_cost_is_refused():
+    with pytest.raises(UserError, match="cost.box_seconds"):
+        CostModel(box_seconds=-1)
