@@ -1,0 +1,157 @@
+"""Batches of mixed annotation types, from a store held in memory.
+
+All four annotation types share one loader. Each image carries what its type allows the losses
+to see: the mask (used for ``full`` only), its boxes (``box``), its global label (``global``).
+The training loop indexes the mask with the ``full`` selector alone, so weak images never leak
+pixel labels into a loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from labelmix.trainables.data.annotations import FULL
+from labelmix.trainables.data.store import ImageStore
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # B x 1 x H x W float
+    masks: torch.Tensor  # B x H x W int64 (only rows of full images are read by the losses)
+    types: torch.Tensor  # B int64: index into ANNOTATION_TYPES
+    global_labels: torch.Tensor  # B x C float multi-hot, background 1
+    boxes: list[torch.Tensor]  # per image K x 5 int64 [class, y0, x0, y1, x1], half-open
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(
+            self.images.to(device, non_blocking=True),
+            self.masks.to(device, non_blocking=True),
+            self.types.to(device, non_blocking=True),
+            self.global_labels.to(device, non_blocking=True),
+            [b.to(device) for b in self.boxes],
+        )
+
+
+@dataclass
+class TensorSet:
+    """A split of the store as tensors (images scaled to [0, 1])."""
+
+    images: torch.Tensor  # N x 1 x H x W float32
+    masks: torch.Tensor  # N x H x W uint8
+    global_labels: torch.Tensor  # N x C float32
+    boxes: list[torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def to_tensors(store: ImageStore) -> TensorSet:
+    if store.uniform_size is None:
+        from labelmix.errors import UserError
+
+        raise UserError(
+            "dataset: images of different sizes in one store; re-import with --size H W so trials can batch them"
+        )
+    scale = float(np.iinfo(store.images.dtype).max)
+    images = torch.from_numpy(np.ascontiguousarray(store.images)).float().div_(scale).unsqueeze(1)  # N x 1 x H x W
+    global_labels = torch.from_numpy(store.global_labels.astype(np.float32))
+    global_labels[:, 0] = 1.0  # background is allowed everywhere
+    return TensorSet(
+        images=images,
+        masks=torch.from_numpy(np.ascontiguousarray(store.masks)),
+        global_labels=global_labels,
+        boxes=[torch.from_numpy(b.astype(np.int64)) for b in store.boxes],
+    )
+
+
+def batch_indices(types: np.ndarray, batch_size: int, steps: int, full_per_batch: int, rng: np.random.Generator) -> np.ndarray:
+    """steps x batch_size image indices for one epoch.
+
+    When fully labelled images exist and ``full_per_batch`` > 0, every batch holds at least
+    that many of them (drawn from their own cycling permutation), the rest from the others.
+    """
+    n = len(types)
+    full = np.flatnonzero(types == FULL)
+    rest = np.flatnonzero(types != FULL)
+    k = min(full_per_batch, batch_size) if len(full) and len(rest) else 0
+    if k == 0:
+        return _cycled(np.arange(n), steps * batch_size, rng).reshape(steps, batch_size)
+    from_full = _cycled(full, steps * k, rng).reshape(steps, k)
+    from_rest = _cycled(rest, steps * (batch_size - k), rng).reshape(steps, batch_size - k)
+    batches = np.concatenate([from_full, from_rest], axis=1)  # steps x batch_size
+    return rng.permuted(batches, axis=1)
+
+
+def _cycled(pool: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """count items from pool: successive shuffled passes, so each item is seen once per pass."""
+    passes = -(-count // len(pool))
+    return np.concatenate([rng.permutation(pool) for _ in range(passes)])[:count]
+
+
+def _geometric() -> v2.Transform:
+    # Small, content-keeping transforms: the global label of an image stays true under them.
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(),
+            v2.RandomAffine(degrees=5, translate=(0.04, 0.04), scale=(0.95, 1.05)),
+        ]
+    )
+
+
+class Augmenter:
+    """Joint geometric augmentation of image, mask and boxes; intensity augmentation of the image."""
+
+    def __init__(self) -> None:
+        self.geometric = _geometric()
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, boxes: list[torch.Tensor]):
+        out_images, out_masks, out_boxes = [], [], []
+        size = images.shape[-2:]
+        for image, mask, box in zip(images, masks, boxes):
+            xyxy = box[:, [2, 1, 4, 3]].float()  # [cls, y0, x0, y1, x1] -> x0, y0, x1, y1
+            img, msk, bb = self.geometric(
+                tv_tensors.Image(image),
+                tv_tensors.Mask(mask),
+                tv_tensors.BoundingBoxes(xyxy, format="XYXY", canvas_size=tuple(size)),
+            )
+            out_images.append(img.as_subclass(torch.Tensor))
+            out_masks.append(msk.as_subclass(torch.Tensor))
+            out_boxes.append(_boxes_back(bb.as_subclass(torch.Tensor), box[:, 0], size))
+        images = torch.stack(out_images)
+        return _intensity(images), torch.stack(out_masks), out_boxes
+
+
+def _boxes_back(xyxy: torch.Tensor, classes: torch.Tensor, size) -> torch.Tensor:
+    """Transformed float boxes -> integer half-open [cls, y0, x0, y1, x1], empty ones dropped."""
+    h, w = size
+    x0 = xyxy[:, 0].floor().clamp(0, w)
+    y0 = xyxy[:, 1].floor().clamp(0, h)
+    x1 = xyxy[:, 2].ceil().clamp(0, w)
+    y1 = xyxy[:, 3].ceil().clamp(0, h)
+    out = torch.stack([classes.float(), y0, x0, y1, x1], dim=1).long()
+    keep = (out[:, 3] > out[:, 1]) & (out[:, 4] > out[:, 2])
+    return out[keep]
+
+
+def _intensity(images: torch.Tensor) -> torch.Tensor:
+    """Per-image gamma, contrast and brightness jitter (vectorised over the batch)."""
+    b = images.shape[0]
+    gamma = torch.empty(b, 1, 1, 1).uniform_(0.8, 1.25)
+    contrast = torch.empty(b, 1, 1, 1).uniform_(0.85, 1.15)
+    brightness = torch.empty(b, 1, 1, 1).uniform_(-0.05, 0.05)
+    return (images.clamp_min(0).pow(gamma) * contrast + brightness).clamp_(0, 1)
+
+
+def make_batch(data: TensorSet, types: torch.Tensor, index: np.ndarray, augmenter: Augmenter | None) -> Batch:
+    idx = torch.from_numpy(index)
+    images = data.images[idx]
+    masks = data.masks[idx].long()
+    boxes = [data.boxes[i] for i in index]
+    if augmenter is not None:
+        images, masks, boxes = augmenter(images, masks, boxes)
+    return Batch(images, masks, types[idx].long(), data.global_labels[idx], boxes)

@@ -1,0 +1,148 @@
+"""The trial config: one frozen, validated model of every setting a training run reads.
+
+Every "ours" decision of METHOD.md is a field here, so a study can search or ablate it. Field
+names are nouns with units where they have them; errors name the field path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal, Mapping, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from labelmix.errors import validated
+from labelmix.trainables.data.annotations import AnnotationMix, CostModel
+
+DS_TYPES = ("none", "standard", "multi_label")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticData(_Strict):
+    """The built-in synthetic OCT generator (METHOD.md, "What a real B-scan looks like")."""
+
+    volumes: int = Field(40, ge=1)
+    slices: int = Field(32, ge=1)
+    height: int = Field(128, ge=32)
+    width: int = Field(128, ge=32)
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    """A store path, or the synthetic generator (generated once into the cache folder)."""
+
+    path: Optional[str] = None
+    synthetic: Optional[SyntheticData] = None
+    max_train_images: Optional[int] = Field(None, ge=1)  # keep the first N training images (smoke runs)
+    max_eval_images: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.synthetic is None):
+            raise ValueError("give exactly one of dataset.path or dataset.synthetic")
+        return self
+
+
+class MixConfig(_Strict):
+    full: float = Field(1.0, ge=0, le=1)
+    box: float = Field(0.0, ge=0, le=1)
+    global_: float = Field(0.0, ge=0, le=1, alias="global")
+    none: float = Field(0.0, ge=0, le=1)
+    seed: int = 0
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _simplex(self):
+        total = self.full + self.box + self.global_ + self.none
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"full+box+global+none must sum to 1, got {total:.6g}")
+        return self
+
+    def annotation_mix(self) -> AnnotationMix:
+        return AnnotationMix(self.full, self.box, self.global_, self.none)
+
+
+class CostConfig(_Strict):
+    full_seconds: float = Field(240.0, ge=0)
+    box_seconds: float = Field(7.0, ge=0)
+    global_seconds: float = Field(1.0, ge=0)
+
+    def cost_model(self) -> CostModel:
+        return CostModel(self.full_seconds, self.box_seconds, self.global_seconds)
+
+
+class TrainConfig(_Strict):
+    # data and annotation
+    dataset: DataConfig = DataConfig(synthetic=SyntheticData())
+    mix: MixConfig = MixConfig()
+    cost: CostConfig = CostConfig()
+    # network
+    encoder: str = "resnet18"  # any timm name with features_only, or "unet"
+    pretrained: bool = False  # weights from the timm hub: off by default (no hub access here)
+    decoder_channels: Optional[tuple[int, ...]] = None  # None: derived from the encoder's feature_info
+    # deep supervision (METHOD.md "Losses")
+    ds_type: Literal["none", "standard", "multi_label"] = "multi_label"
+    ds_depth: int | Literal["max"] = "max"  # supervised decoder levels from the full-resolution end
+    ds_weight: float = Field(1.0, ge=0)  # lambda_ds
+    ds_level_weights: Optional[tuple[float, ...]] = None  # coarsest first; None: all 1
+    # weak labels
+    global_weight: float = Field(1.0, ge=0)
+    box_weight: float = Field(1.0, ge=0)
+    box_positive_max_size: int = Field(16, ge=1)  # pooled-box positives only at levels no larger than this
+    box_mil_weight: float = Field(1.0, ge=0)
+    # teacher and pseudo-labels
+    ema_decay: float = 0.99
+    pseudo_weight: float = Field(1.0, ge=0)
+    pseudo_threshold: float = Field(0.0, ge=0, le=1)
+    pseudo_rampup: float = Field(0.3, ge=0, le=1)  # fraction of all steps for the sigmoid ramp-up
+    pseudo_ds: bool = True  # deep supervision on the pseudo-label too
+    keep_model: Literal["teacher", "student"] = "teacher"
+    # optimisation
+    epochs: int = Field(20, ge=1)
+    steps_per_epoch: Optional[int] = Field(None, ge=1)  # None: one pass over the training images
+    batch_size: int = Field(16, ge=1)
+    full_per_batch: int = Field(2, ge=0)  # fully labelled images guaranteed in every batch when any exist
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    augment: bool = True  # joint geometric (flip, small affine) + intensity augmentation
+    # run
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = Field(None, ge=1)  # torch intra-op threads; None: leave as is
+    cache_dir: str = ".labelmix/cache"
+
+    @field_validator("ema_decay")
+    @classmethod
+    def _decay_in_open_unit_interval(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError("must be in the open interval (0, 1)")
+        return v
+
+    @field_validator("ds_depth")
+    @classmethod
+    def _depth_non_negative(cls, v):
+        if v != "max" and v < 0:
+            raise ValueError("must be >= 0 or 'max'")
+        return v
+
+    @field_validator("ds_level_weights", "decoder_channels")
+    @classmethod
+    def _positive_entries(cls, v):
+        if v is not None and any(x < 0 for x in v):
+            raise ValueError("entries must be >= 0")
+        return v
+
+    def digest(self) -> str:
+        """Short hash of the whole config (checkpoint compatibility, cache keys)."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(data: Mapping[str, Any] | None, prefix: str = "", source: str = "") -> TrainConfig:
+    """A TrainConfig from a plain dict (YAML, Tune's config), errors naming the field path."""
+    return validated(TrainConfig, dict(data or {}), prefix, source)

@@ -1,0 +1,293 @@
+"""fit(config, report) -> summary: one training run of METHOD.md, readable top to bottom.
+
+No Ray and no MLflow in here: the platform passes ``report``, a function taking the epoch's
+metrics and a checkpoint folder; ``labelmix train`` passes one that prints and keeps files.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+import torch
+
+from labelmix.errors import UserError
+from labelmix.trainables import losses
+from labelmix.trainables.batches import Augmenter, TensorSet, batch_indices, make_batch, to_tensors
+from labelmix.trainables.config import TrainConfig, load_config
+from labelmix.trainables.data.annotations import BOX, FULL, GLOBAL, assign_mix, mix_cost
+from labelmix.trainables.data.store import ImageStore, load_store
+from labelmix.trainables.metrics import confusion_matrix, segmentation_scores
+from labelmix.trainables.model import build_model, num_levels
+from labelmix.trainables.teacher import allowed_classes, constrained_pseudo_labels, make_teacher, rampup, update_teacher
+
+Report = Callable[[Mapping[str, float], Optional[str]], None]
+CHECKPOINT_FILE = "state.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite: the run stops at once instead of training on garbage."""
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; built once from the config."""
+
+    config: TrainConfig
+    device: torch.device
+    train: TensorSet
+    val: TensorSet
+    test: TensorSet
+    types: torch.Tensor  # annotation type per training image
+    cost_metrics: dict[str, float]
+    class_names: tuple[str, ...]
+    student: torch.nn.Module
+    teacher: Any  # timm.utils.ModelEmaV3
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    level_weights: tuple[float, ...]
+    steps_per_epoch: int
+    rng: np.random.Generator
+    augmenter: Optional[Augmenter]
+
+
+def fit(config: TrainConfig | Mapping[str, Any], report: Report, resume_from: str | None = None) -> dict[str, float]:
+    """Train for config.epochs; report after every epoch; return the final metrics."""
+    config = config if isinstance(config, TrainConfig) else load_config(config)
+    run = build_run(config)
+    start_epoch = load_checkpoint(run, resume_from) if resume_from else 0
+    total_steps = config.epochs * run.steps_per_epoch
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        train_metrics = train_epoch(run, epoch, total_steps)
+        metrics = {**train_metrics, **run.cost_metrics, **evaluate_models(run, run.val, "val")}
+        if epoch == config.epochs - 1:
+            metrics.update(evaluate_models(run, run.test, "test", student_and_teacher=False))
+        metrics.update({"epoch": float(epoch + 1), "time/epoch_s": time.perf_counter() - started})
+        with tempfile.TemporaryDirectory(prefix="labelmix-ckpt-") as checkpoint_dir:
+            save_checkpoint(run, epoch + 1, checkpoint_dir)
+            report(metrics, checkpoint_dir)
+    return metrics
+
+
+def build_run(config: TrainConfig) -> Run:
+    seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    store = load_store(resolve_store(config))
+    train_store = limit(store.split("train"), config.dataset.max_train_images)
+    if len(train_store) == 0:
+        raise UserError("dataset: the store has no training images")
+    types = assign_mix(len(train_store), config.mix.annotation_mix(), config.mix.seed)
+    cost = mix_cost(types, train_store.box_counts, store.num_classes, config.cost.cost_model())
+
+    levels = num_levels(config.encoder)
+    depth = levels if config.ds_depth == "max" else config.ds_depth
+    if depth > levels:
+        raise UserError(f"ds_depth: {depth} is more than the {levels} decoder levels of encoder {config.encoder!r}")
+    student = build_model(
+        config.encoder, store.num_classes, in_chans=1, ds_depth=depth,
+        pretrained=config.pretrained, decoder_channels=config.decoder_channels,
+    ).to(device)
+    level_weights = config.ds_level_weights or (1.0,) * depth
+    if len(level_weights) != depth:
+        raise UserError(f"ds_level_weights: {len(level_weights)} weights for {depth} supervised levels")
+    steps = config.steps_per_epoch or max(1, len(train_store) // config.batch_size)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return Run(
+        config=config,
+        device=device,
+        train=to_tensors(train_store),
+        val=to_tensors(limit(store.split("val"), config.dataset.max_eval_images)),
+        test=to_tensors(limit(store.split("test"), config.dataset.max_eval_images)),
+        types=torch.from_numpy(types.astype(np.int64)),
+        cost_metrics=cost.metrics(),
+        class_names=store.class_names,
+        student=student,
+        teacher=make_teacher(student, config.ema_decay),
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, config.epochs * steps)),
+        level_weights=tuple(config.ds_weight * w for w in level_weights),
+        steps_per_epoch=steps,
+        rng=np.random.default_rng(config.seed),
+        augmenter=Augmenter() if config.augment else None,
+    )
+
+
+def train_epoch(run: Run, epoch: int, total_steps: int) -> dict[str, float]:
+    config = run.config
+    run.student.train()
+    sums: dict[str, float] = {}
+    plan = batch_indices(run.types.numpy(), config.batch_size, run.steps_per_epoch, config.full_per_batch, run.rng)
+    for i, index in enumerate(plan):
+        step = epoch * run.steps_per_epoch + i
+        batch = make_batch(run.train, run.types, index, run.augmenter).to(run.device)
+        pseudo_weight = config.pseudo_weight * rampup(step, int(config.pseudo_rampup * total_steps))
+        terms = loss_terms(run, batch, pseudo_weight)
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {i + 1}: {detail}")
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        update_teacher(run.teacher, run.student, step)
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+        sums["loss"] = sums.get("loss", 0.0) + float(loss)
+    return {f"train/{name}": total / run.steps_per_epoch for name, total in sums.items()} | {
+        "train/lr": run.scheduler.get_last_lr()[0]
+    }
+
+
+def loss_terms(run: Run, batch, pseudo_weight: float) -> dict[str, torch.Tensor]:
+    """The loss of METHOD.md, one term per annotation type; each term averages over its images."""
+    config, weights = run.config, run.level_weights
+    main, levels = run.student(batch.images)
+    terms: dict[str, torch.Tensor] = {}
+
+    full = batch.types == FULL
+    if full.any():
+        terms["full"] = losses.cross_entropy(main[full], batch.masks[full]) + losses.ds_loss(
+            config.ds_type, [lv[full] for lv in levels], batch.masks[full], weights
+        )
+
+    glob = batch.types == GLOBAL
+    if glob.any() and levels and config.global_weight > 0:
+        terms["global"] = config.global_weight * losses.global_loss(
+            [lv[glob] for lv in levels], batch.global_labels[glob], weights
+        )
+
+    box = batch.types == BOX
+    box_mask = losses.box_masks(batch.boxes, main.shape[1], *main.shape[-2:])  # B x C x H x W
+    if box.any() and levels and config.box_weight > 0:
+        box_rows = box.nonzero().flatten().tolist()
+        terms["box"] = config.box_weight * losses.box_loss(
+            [lv[box] for lv in levels], box_mask[box], [batch.boxes[i] for i in box_rows], weights,
+            positive_max_size=config.box_positive_max_size, mil_weight=config.box_mil_weight,
+        )
+
+    weak = ~full
+    if weak.any() and pseudo_weight > 0:
+        with torch.no_grad():
+            teacher_main, _ = run.teacher.module(batch.images[weak])
+            allowed = allowed_classes(batch.types[weak], batch.global_labels[weak], box_mask[weak])
+            pseudo = constrained_pseudo_labels(teacher_main, allowed, config.pseudo_threshold)
+        terms["pseudo"] = pseudo_weight * losses.pseudo_label_loss(
+            main[weak], [lv[weak] for lv in levels], pseudo, config.ds_type, weights, use_ds=config.pseudo_ds
+        )
+    if not terms:  # e.g. only weak images and every weak weight at 0 during ramp-up
+        terms["zero"] = main.sum() * 0.0
+    return terms
+
+
+@torch.no_grad()
+def confusion(model: torch.nn.Module, data: TensorSet, num_classes: int, device: torch.device, batch_size: int = 64) -> np.ndarray:
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    for start in range(0, len(data), batch_size):
+        images = data.images[start : start + batch_size].to(device)
+        main, _ = model(images)
+        cm += confusion_matrix(main.argmax(1), data.masks[start : start + batch_size].to(device).long(), num_classes)
+    return cm.cpu().numpy()
+
+
+def evaluate_models(run: Run, data: TensorSet, split: str, student_and_teacher: bool = True) -> dict[str, float]:
+    """Scores of the kept model under ``split/...``; with student_and_teacher also ``split/student/miou`` etc."""
+    if len(data) == 0:
+        return {}
+    models = {"student": run.student, "teacher": run.teacher.module}
+    names = list(models) if student_and_teacher else [run.config.keep_model]
+    out: dict[str, float] = {}
+    for name in names:
+        scores = segmentation_scores(confusion(models[name], data, len(run.class_names), run.device), run.class_names, split)
+        if name == run.config.keep_model:
+            out.update(scores)
+        out[f"{split}/{name}/miou"] = scores[f"{split}/miou"]
+    return out
+
+
+def save_checkpoint(run: Run, epochs_done: int, directory: str) -> None:
+    state = {
+        "config_digest": run.config.digest(),
+        "epochs_done": epochs_done,
+        "student": run.student.state_dict(),
+        "teacher": run.teacher.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng_numpy": run.rng.bit_generator.state,
+        "rng_torch": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "rng_python": random.getstate(),
+    }
+    torch.save(state, Path(directory) / CHECKPOINT_FILE)
+
+
+def load_checkpoint(run: Run, directory: str) -> int:
+    """Restore a run saved by save_checkpoint; returns the number of epochs already done."""
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise UserError(f"{directory}: no {CHECKPOINT_FILE} checkpoint in this folder")
+    state = torch.load(path, map_location=run.device, weights_only=False)
+    if state["config_digest"] != run.config.digest():
+        raise UserError(f"{directory}: checkpoint was written by a different config; resume with the same config")
+    run.student.load_state_dict(state["student"])
+    run.teacher.load_state_dict(state["teacher"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.rng.bit_generator.state = state["rng_numpy"]
+    torch.set_rng_state(state["rng_torch"])
+    if state["rng_cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    random.setstate(state["rng_python"])
+    return int(state["epochs_done"])
+
+
+def kept_model_state(directory: str, keep: str = "teacher") -> dict[str, torch.Tensor]:
+    """The weights of the kept model from a checkpoint folder (for export and MLflow)."""
+    state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    weights = state[keep]
+    return {k.removeprefix("module."): v for k, v in weights.items()} if keep == "teacher" else weights
+
+
+def resolve_store(config: TrainConfig) -> Path:
+    """The store path; a synthetic dataset is generated once into the cache folder."""
+    if config.dataset.path is not None:
+        return Path(config.dataset.path)
+    from labelmix.trainables.data.synth import synthetic_store
+
+    return synthetic_store(config.dataset.synthetic, Path(config.cache_dir))
+
+
+def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    if config.lr_schedule == "constant":
+        return lambda step: 1.0
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def limit(store: ImageStore, count: Optional[int]) -> ImageStore:
+    return store if count is None or count >= len(store) else store.select(np.arange(count))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: 'cuda' asked for but no CUDA device is visible")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

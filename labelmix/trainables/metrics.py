@@ -1,0 +1,63 @@
+"""Confusion matrix -> per-class IoU and Dice, mIoU (METHOD.md "Task").
+
+Scores are computed from one confusion matrix accumulated over a whole split, not averaged
+per image.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from labelmix.errors import UserError
+from labelmix.trainables.losses import IGNORE
+
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """C x C int64 on the inputs' device: rows = truth, columns = prediction; IGNORE targets skipped."""
+    valid = target != IGNORE
+    index = target[valid].long() * num_classes + pred[valid].long()  # flat (truth, prediction)
+    counts = torch.bincount(index, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def _nanmean(x: np.ndarray) -> float:
+    """Mean of the non-nan entries; nan (without a warning) if there are none."""
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+def segmentation_scores(cm: np.ndarray, class_names: Sequence[str], prefix: str) -> dict[str, float]:
+    """IoU and Dice per class and their means.
+
+    Keys: ``{prefix}/miou`` (foreground classes, all but index 0), ``{prefix}/miou_bg`` (all
+    classes), ``{prefix}/mdice`` (foreground), ``{prefix}/iou/{name}`` and
+    ``{prefix}/dice/{name}`` for every class. A class with neither truth nor prediction has
+    IoU and Dice nan and is left out of the means.
+    """
+    if isinstance(cm, Tensor):
+        cm = cm.detach().cpu().numpy()
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(class_names):
+        raise UserError(
+            f"class_names: {len(class_names)} names for a confusion matrix of shape {cm.shape}; "
+            "need one name per row"
+        )
+    tp = np.diag(cm)
+    fp = cm.sum(axis=0) - tp  # predicted as the class, truly another
+    fn = cm.sum(axis=1) - tp  # truly the class, predicted as another
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = tp / (tp + fp + fn)
+        dice = 2 * tp / (2 * tp + fp + fn)
+    scores = {
+        f"{prefix}/miou": _nanmean(iou[1:]),
+        f"{prefix}/miou_bg": _nanmean(iou),
+        f"{prefix}/mdice": _nanmean(dice[1:]),
+    }
+    for name, i, d in zip(class_names, iou, dice):
+        scores[f"{prefix}/iou/{name}"] = float(i)
+        scores[f"{prefix}/dice/{name}"] = float(d)
+    return scores

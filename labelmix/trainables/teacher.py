@@ -1,0 +1,79 @@
+"""Mean-teacher parts of METHOD.md "Student and teacher": EMA teacher, weak-label-constrained
+pseudo-labels, and the sigmoid ramp-up of the pseudo-label weight."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.utils import ModelEmaV3
+from torch import Tensor, nn
+
+from labelmix.errors import UserError
+from labelmix.trainables.data.annotations import BOX, GLOBAL
+from labelmix.trainables.losses import IGNORE
+
+
+def make_teacher(model: nn.Module, decay: float, warmup: bool = False) -> ModelEmaV3:
+    """EMA copy of ``model`` (weights and BatchNorm buffers), in eval mode, without gradients.
+
+    Default: plain EMA, teacher = decay * teacher + (1 - decay) * student at every update.
+    ``warmup=True`` uses timm's decay warm-up (1 - (1 + step)^(-2/3), capped at ``decay``).
+    """
+    if not isinstance(decay, (int, float)) or not 0.0 < decay < 1.0:
+        raise UserError(f"ema_decay: must be in the open interval (0, 1), e.g. 0.99 or 0.999; got {decay!r}")
+    teacher = ModelEmaV3(model, decay=float(decay), use_warmup=warmup)
+    teacher.requires_grad_(False)
+    teacher.eval()
+    return teacher
+
+
+def update_teacher(teacher: ModelEmaV3, model: nn.Module, step: int) -> None:
+    """One EMA step after an optimizer step.
+
+    ``step`` only matters with warm-up: ModelEmaV3 given a step also copies the student outright
+    at steps 0 and 1 (decay 0), so plain EMA passes no step.
+    """
+    teacher.update(model, step=step if teacher.use_warmup else None)
+
+
+def allowed_classes(types: Tensor, global_labels: Tensor, box_mask: Tensor) -> Tensor:
+    """B x C x H x W bool: where each class may appear under each image's weak label.
+
+    ``types`` B (0 full, 1 box, 2 global, 3 none); ``global_labels`` B x C multi-hot;
+    ``box_mask`` B x C x H x W (see losses.box_masks). A global label allows its classes
+    everywhere, boxes allow class c inside its boxes; full and none allow everything;
+    background is always allowed.
+    """
+    b, c, h, w = box_mask.shape
+    allowed = torch.ones(b, c, h, w, dtype=torch.bool, device=box_mask.device)
+    from_global = (global_labels > 0)[:, :, None, None].expand(b, c, h, w)  # B x C -> B x C x H x W
+    is_global = (types == GLOBAL)[:, None, None, None]
+    is_box = (types == BOX)[:, None, None, None]
+    allowed = torch.where(is_global, from_global, allowed)
+    allowed = torch.where(is_box, box_mask > 0, allowed)
+    allowed[:, 0] = True
+    return allowed
+
+
+def constrained_pseudo_labels(teacher_logits: Tensor, allowed: Tensor, threshold: float = 0.0) -> Tensor:
+    """Hard pseudo-label B x H x W int64 from teacher logits restricted to the allowed classes.
+
+    Disallowed classes get -inf before the softmax (so the probabilities renormalise over the
+    allowed ones); pixels whose top probability is below ``threshold`` become IGNORE.
+    """
+    probs = teacher_logits.float().masked_fill(~allowed, float("-inf")).softmax(dim=1)
+    top, label = probs.max(dim=1)
+    if threshold > 0:
+        label = label.masked_fill(top < threshold, IGNORE)
+    return label
+
+
+def rampup(step: int, rampup_steps: int) -> float:
+    """Sigmoid ramp exp(-5 (1 - t)^2) with t = clip(step / rampup_steps, 0, 1); 1 if no ramp."""
+    if rampup_steps < 0:
+        raise UserError(f"rampup_steps: must be >= 0, got {rampup_steps}")
+    if rampup_steps == 0:
+        return 1.0
+    t = min(max(step / rampup_steps, 0.0), 1.0)
+    return math.exp(-5.0 * (1.0 - t) ** 2)
