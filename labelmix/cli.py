@@ -179,23 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="checkpoint folder to continue from")
     p.set_defaults(func=cmd_train)
 
-    for register in _platform_commands():
-        register(sub)
+    from labelmix.platform.commands import register as register_platform
+
+    register_platform(sub)
     return parser
-
-
-def _platform_commands() -> list[Callable]:
-    """Subcommands of the platform, the tracking server and the frontier (registered if present)."""
-    registers = []
-    for module in ("labelmix.platform.commands", "labelmix.mlflow_server.commands"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        registers.append(mod.register)
-    return registers
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from labelmix.errors import UserError
 from labelmix.trainables import losses
 from labelmix.trainables.batches import Augmenter, TensorSet, batch_indices, make_batch, to_tensors
 from labelmix.trainables.config import TrainConfig, load_config
-from labelmix.trainables.data.annotations import BOX, FULL, GLOBAL, assign_mix, mix_cost
+from labelmix.trainables.data.annotations import BOX, FULL, GLOBAL, MixCost, assign_mix, mix_cost
 from labelmix.trainables.data.store import ImageStore, load_store
 from labelmix.trainables.metrics import confusion_matrix, segmentation_scores
 from labelmix.trainables.model import build_model, num_levels
@@ -84,11 +84,7 @@ def build_run(config: TrainConfig) -> Run:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     store = load_store(resolve_store(config))
-    train_store = limit(store.split("train"), config.dataset.max_train_images)
-    if len(train_store) == 0:
-        raise UserError("dataset: the store has no training images")
-    types = assign_mix(len(train_store), config.mix.annotation_mix(), config.mix.seed)
-    cost = mix_cost(types, train_store.box_counts, store.num_classes, config.cost.cost_model())
+    train_store, types, cost = plan_annotations(config, store)
 
     levels = num_levels(config.encoder)
     depth = levels if config.ds_depth == "max" else config.ds_depth
@@ -121,6 +117,15 @@ def build_run(config: TrainConfig) -> Run:
         rng=np.random.default_rng(config.seed),
         augmenter=Augmenter() if config.augment else None,
     )
+
+
+def plan_annotations(config: TrainConfig, store: ImageStore) -> tuple[ImageStore, np.ndarray, MixCost]:
+    """The training images, the annotation type of each, and what that mix costs."""
+    train_store = limit(store.split("train"), config.dataset.max_train_images)
+    if len(train_store) == 0:
+        raise UserError("dataset: the store has no training images")
+    types = assign_mix(len(train_store), config.mix.annotation_mix(), config.mix.seed)
+    return train_store, types, mix_cost(types, train_store.box_counts, store.num_classes, config.cost.cost_model())
 
 
 def train_epoch(run: Run, epoch: int, total_steps: int) -> dict[str, float]:

@@ -131,6 +131,7 @@ def write_store(
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     digest = hashlib.sha256()
     seen: set[str] = set()
+    dtype = None
     n = 0
     try:
         with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
@@ -143,6 +144,10 @@ def write_store(
                     if rec.volume not in splits:
                         raise UserError(f"{rec.id}: volume {rec.volume!r} was not announced to the writer")
                     row = _row(rec, splits[rec.volume], len(class_names))
+                    if dtype is None:
+                        dtype = row["image_dtype"]
+                    elif row["image_dtype"] != dtype:
+                        raise UserError(f"{rec.id}: image is {row['image_dtype']} but earlier images are {dtype}; one store holds one dtype")
                     for key in ("id", "volume", "split", "image", "mask"):
                         digest.update(str(row[key]).encode() if isinstance(row[key], str) else row[key])
                     rows.append(row)

@@ -1,0 +1,172 @@
+"""Driver-side record of a study: the trial table, the frontier, and the progress line.
+
+A Tune callback keeps one row per trial (decoded config, last and best metrics, status, node,
+start and end times) and rewrites ``trials.parquet`` and ``frontier.parquet`` atomically each
+time a trial ends, so an interrupted study keeps what it had. On resume the old table is read
+back first: trials that finished before are kept as they were.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+from ray.tune import Callback
+
+from labelmix.platform.frontier import pareto_mask
+from labelmix.platform.space import trial_config
+
+TRIALS_FILE = "trials.parquet"
+FRONTIER_FILE = "frontier.parquet"
+COST, SCORE = "cost/hours", "val/miou"
+_KEPT_PREFIXES = ("val/", "test/", "cost/", "labels/", "train/loss", "epoch", "status/", "time/")
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = str(list(value))
+        else:
+            out[name] = value
+    return out
+
+
+def with_pareto(frame: pd.DataFrame) -> pd.DataFrame:
+    """Adds the ``pareto`` column: finished trials not dominated in (cost/hours min, val/miou max)."""
+    frame = frame.copy()
+    if frame.empty or COST not in frame or SCORE not in frame:
+        frame["pareto"] = False
+        return frame
+    done = (frame["status"] == "TERMINATED").to_numpy()
+    cost = np.where(done, frame[COST].astype(float).to_numpy(), np.nan)
+    score = np.where(done, frame[SCORE].astype(float).to_numpy(), np.nan)
+    frame["pareto"] = pareto_mask(cost, score)
+    return frame
+
+
+def frontier_of(frame: pd.DataFrame) -> pd.DataFrame:
+    return with_pareto(frame).query("pareto").sort_values(COST).reset_index(drop=True)
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+class ResultsTable(Callback):
+    def __init__(self, directory: Path, spec: Any, stream=None, min_interval_s: float = 5.0) -> None:
+        self.directory = Path(directory)
+        self.spec = spec
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.stream = stream or sys.stdout
+        self.min_interval_s = min_interval_s
+        self._last_print = 0.0
+        path = self.directory / TRIALS_FILE
+        if path.is_file():
+            for row in pd.read_parquet(path).to_dict("records"):
+                self.rows[row["trial_id"]] = row
+
+    # ---- Tune callback hooks
+    def on_trial_start(self, iteration, trials, trial, **info):
+        row = self._row(trial)
+        row.update(status="RUNNING", started_at=time.time())
+        self._progress(trials, force=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        row = self._row(trial)
+        row.update({k: _number(v) for k, v in result.items() if k.startswith(_KEPT_PREFIXES)})
+        row["node_ip"] = result.get("node_ip", row.get("node_ip"))
+        score = _number(result.get(SCORE))
+        if score is not None and not math.isnan(score):
+            row["best/val/miou"] = max(score, row.get("best/val/miou") or -math.inf)
+        self._progress(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, "TERMINATED", trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, "ERROR", trials)
+
+    def on_experiment_end(self, trials, **info):
+        self.write()
+        self._progress(trials, force=True)
+
+    # ---- table
+    def _row(self, trial) -> dict[str, Any]:
+        if trial.trial_id not in self.rows:
+            try:
+                config = flatten(trial_config(self.spec, trial.config), "config/")
+            except Exception as exc:  # a config that fails validation is recorded, and the trial errors
+                config = {"config/error": str(exc)}
+            self.rows[trial.trial_id] = {"trial_id": trial.trial_id, "status": "PENDING", **config}
+        return self.rows[trial.trial_id]
+
+    def _finish(self, trial, status: str, trials) -> None:
+        row = self._row(trial)
+        row.update(status=status, ended_at=time.time())
+        error_file = getattr(trial, "error_file", None)
+        if status == "ERROR" and error_file and Path(error_file).is_file():
+            row["error"] = Path(error_file).read_text()[-2000:]
+        self.write()
+        self._progress(trials, force=True)
+
+    def frame(self) -> pd.DataFrame:
+        return with_pareto(pd.DataFrame(list(self.rows.values())))
+
+    def table(self) -> pd.DataFrame:
+        return self.frame()
+
+    def frontier(self) -> pd.DataFrame:
+        return frontier_of(self.frame())
+
+    def write(self) -> None:
+        if not self.rows:
+            return
+        frame = self.frame()
+        write_parquet(frame, self.directory / TRIALS_FILE)
+        write_parquet(frame[frame["pareto"]].sort_values(COST) if COST in frame else frame.iloc[:0], self.directory / FRONTIER_FILE)
+
+    def _progress(self, trials, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_print < self.min_interval_s:
+            return
+        self._last_print = now
+        statuses = [t.status for t in trials]
+        frame = self.frame()
+        best = frame["best/val/miou"].max() if "best/val/miou" in frame else float("nan")
+        print(
+            f"[{self.spec.name}] running {statuses.count('RUNNING')} | pending {statuses.count('PENDING')} | "
+            f"finished {statuses.count('TERMINATED')} | errored {statuses.count('ERROR')} | "
+            f"best val/miou {best:.3f} | frontier {int(frame['pareto'].sum())}",
+            file=self.stream, flush=True,
+        )
+
+
+def _number(value):
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    return None if value is None else value
+
+
+def format_frontier(frame: pd.DataFrame) -> str:
+    """The frontier as a readable table: hours, mIoU, mix, and the main searched settings."""
+    if frame.empty:
+        return "(no finished trials on the frontier yet)"
+    cols = ["trial_id", COST, SCORE, "cost/reduction", "config/mix.full", "config/mix.box",
+            "config/mix.global", "config/mix.none", "config/ds_type", "config/ds_depth", "config/ema_decay"]
+    cols = [c for c in cols if c in frame]
+    shown = frame[cols].rename(columns=lambda c: c.removeprefix("config/"))
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}")
