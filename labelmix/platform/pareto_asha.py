@@ -63,12 +63,15 @@ def promotes(
     return int(ahead.sum()) < keep
 
 
-def _number(value: Any, name: str, *, minimum: float, strict: bool = False) -> float:
+def _number(
+    value: Any, name: str, *, minimum: float, strict: bool = False, bound: str = ""
+) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise UserError(f"ParetoASHA: {name} must be a finite number, got {value!r}")
     if value < minimum or (strict and value == minimum):
         relation = ">" if strict else ">="
-        raise UserError(f"ParetoASHA: {name} must be {relation} {minimum:g}, got {value!r}")
+        limit = f"{bound} ({minimum:g})" if bound else f"{minimum:g}"
+        raise UserError(f"ParetoASHA: {name} must be {relation} {limit}, got {value!r}")
     return float(value)
 
 
@@ -111,7 +114,7 @@ class ParetoASHA(FIFOScheduler):
         if not isinstance(time_attr, str) or not time_attr:
             raise UserError(f"ParetoASHA: time_attr must be a result key, got {time_attr!r}")
         grace_period = _number(grace_period, "grace_period", minimum=1)
-        max_t = _number(max_t, "max_t", minimum=grace_period)
+        max_t = _number(max_t, "max_t", minimum=grace_period, bound="grace_period")
         reduction_factor = _number(reduction_factor, "reduction_factor", minimum=1, strict=True)
 
         super().__init__()

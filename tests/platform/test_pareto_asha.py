@@ -227,7 +227,7 @@ def test_debug_string():
         (dict(objectives=["val/miou"]), "objectives"),
         (dict(objectives={"val/miou": "maximise"}), r"objectives\['val/miou'\]"),
         (dict(grace_period=0), "grace_period must be >= 1"),
-        (dict(max_t=0.5, grace_period=1), "max_t must be >= 1"),
+        (dict(max_t=2, grace_period=3), r"max_t must be >= grace_period \(3\), got 2"),
         (dict(reduction_factor=1), "reduction_factor must be > 1"),
         (dict(reduction_factor="3"), "reduction_factor must be a finite number"),
         (dict(time_attr=""), "time_attr"),
