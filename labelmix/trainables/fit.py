@@ -174,7 +174,7 @@ def loss_terms(run: Run, batch, pseudo_weight: float) -> dict[str, torch.Tensor]
         )
 
     box = batch.types == BOX
-    box_mask = losses.box_masks(batch.boxes, main.shape[1], *main.shape[-2:])  # B x C x H x W
+    box_mask = losses.box_masks(batch.boxes, main.shape[1], *main.shape[-2:], device=main.device)  # B x C x H x W
     if box.any() and levels and config.box_weight > 0:
         box_rows = box.nonzero().flatten().tolist()
         terms["box"] = config.box_weight * losses.box_loss(

@@ -120,12 +120,16 @@ def global_loss(level_logits: Sequence[Tensor], global_labels: Tensor, weights: 
     return loss
 
 
-def box_masks(boxes: Sequence[Tensor], num_classes: int, height: int, width: int) -> Tensor:
+def box_masks(
+    boxes: Sequence[Tensor], num_classes: int, height: int, width: int, device: torch.device | str | None = None
+) -> Tensor:
     """B x C x H x W float: background 1 everywhere, channel c = union of the class-c boxes.
 
-    ``boxes[i]`` is K_i x 5 ``[class, y0, x0, y1, x1]`` (half-open pixel coordinates).
+    ``boxes[i]`` is K_i x 5 ``[class, y0, x0, y1, x1]`` (half-open pixel coordinates). The
+    result lives on ``device`` (default: that of the first boxes tensor, else the CPU).
     """
-    device = boxes[0].device if len(boxes) else None
+    if device is None and len(boxes):
+        device = boxes[0].device
     out = torch.zeros(len(boxes), num_classes, height, width, device=device)
     out[:, 0] = 1.0
     for i, b in enumerate(boxes):

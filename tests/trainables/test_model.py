@@ -40,7 +40,7 @@ def test_non_square_timm_input():
 
 
 def test_ds_depth_zero_has_no_heads_and_returns_empty_list():
-    model = build_model("unet", num_classes=2, ds_depth=0, unet_base_channels=2)
+    model = build_model("unet", num_classes=2, ds_depth=0, unet_base_channels=2).eval()
     main, levels = model(torch.randn(1, 1, 16, 16))
     assert levels == [] and len(model.ds_heads) == 0
     assert main.shape == (1, 2, 16, 16)
@@ -68,7 +68,7 @@ def test_decoder_widths_come_from_feature_info():
 
 
 def test_custom_decoder_channels():
-    model = build_model("test_resnet", ds_depth=5, decoder_channels=(16, 12, 8, 8, 4))
+    model = build_model("test_resnet", ds_depth=5, decoder_channels=(16, 12, 8, 8, 4)).eval()
     assert model.decoder.level_channels == [96, 16, 12, 8, 8]
     assert model.decoder.out_channels == 4
     main, levels = model(torch.randn(1, 1, 32, 32))
