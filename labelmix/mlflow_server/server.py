@@ -14,16 +14,27 @@ command line (which any user can read with ``ps``): the URI reaches MLflow throu
 ``MLFLOW_BACKEND_STORE_URI`` environment variable, which ``mlflow server`` reads for
 ``--backend-store-uri``.
 
+MLflow 3's security middleware (Host-header and CORS checks) is left on with its defaults:
+they accept localhost, 127.0.0.1 and [::1] on any port, which is all a loopback server needs.
+A server bound to 0.0.0.0 (basic auth required) that clients reach by a public name would
+need MLflow's ``--allowed-hosts``, which these settings do not expose.
+
+MLflow 3 also starts a job runner for GenAI jobs (scorers, prompt optimisation), about eight
+extra processes; labelmix uses none, so ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` defaults to
+false here (set it in the environment to override).
+
 POSIX only (process groups, ``/proc`` where present).
 """
 
 from __future__ import annotations
 
 import errno
+import importlib.util
 import ipaddress
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -60,12 +71,15 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state_dir", Path(self.state_dir))
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+        port_ok = isinstance(self.port, int) and not isinstance(self.port, bool)
+        if not port_ok or not 1 <= self.port <= 65535:
             raise UserError(f"port: must be an integer from 1 to 65535, got {self.port!r}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise UserError(f"workers: must be an integer >= 1, got {self.workers!r}")
         if not isinstance(self.host, str) or not self.host.strip():
-            raise UserError(f"host: must be an interface address such as 127.0.0.1, got {self.host!r}")
+            raise UserError(
+                f"host: must be an interface address such as 127.0.0.1, got {self.host!r}"
+            )
         # An MLflow server without auth lets anyone who reaches it read and delete every run.
         if not self.basic_auth and not is_loopback(self.host):
             raise UserError(
@@ -77,10 +91,16 @@ class ServerSettings:
 
     @property
     def resolved_backend_store_uri(self) -> str:
-        """The backend store URI MLflow gets: defaults filled in, relative SQLite paths made absolute."""
+        """The backend store URI MLflow gets: defaults filled in, relative SQLite paths made
+        absolute, the PostgreSQL driver named."""
         if self.backend_store_uri is None:
             return f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
         uri = self.backend_store_uri
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which labelmix[postgres] does not
+        # install; name the driver we check for and ship (psycopg2).
+        for bare in ("postgresql://", "postgres://"):
+            if uri.startswith(bare):
+                return "postgresql+psycopg2://" + uri[len(bare):]
         # The server runs with the state directory as working directory, so a relative path
         # would silently move; anchor it where the user typed it.
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -120,7 +140,7 @@ class ServerInfo:
 
 @dataclass(frozen=True)
 class ServerStatus:
-    """What ``server.json`` says and whether it is still true. ``uri`` is None when none was started."""
+    """What ``server.json`` says and whether it still holds; ``uri`` is None if none was started."""
 
     state_dir: Path
     uri: str | None = None
@@ -173,7 +193,9 @@ def start(settings: ServerSettings, timeout_s: float = 60) -> ServerInfo:
 
     _refuse_if_running(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)  # holds the default SQLite database
-    _check_backend(backend)
+    _check_backend(settings.backend_store_uri or backend, backend)
+    if settings.basic_auth:
+        _check_basic_auth(state_dir)
     _check_port_free(settings.host, settings.port)
 
     artifacts = settings.resolved_artifacts_destination
@@ -182,11 +204,19 @@ def start(settings: ServerSettings, timeout_s: float = 60) -> ServerInfo:
     log_path = (state_dir / LOG_FILE).resolve()
 
     env = dict(os.environ)
+    # `mlflow server` reads these as flags; each would contradict the settings (artifacts-only
+    # serves no runs, a static prefix moves /health, a default artifact root bypasses the
+    # artifact proxy), so a stray one in the caller's shell must not reach it.
+    for name in ("MLFLOW_ARTIFACTS_ONLY", "MLFLOW_STATIC_PREFIX", "MLFLOW_DEFAULT_ARTIFACT_ROOT"):
+        env.pop(name, None)
     env["MLFLOW_BACKEND_STORE_URI"] = backend  # not on argv: `ps` shows argv to every user
     env["PYTHONUNBUFFERED"] = "1"  # the log is read back on failure; flush as it happens
-    # MLflow 3 also starts a job runner (huey consumers, ~8 processes) for GenAI jobs such as
-    # scorers and prompt optimisation; labelmix uses none of them. The user can turn it back on.
+    # No GenAI job runner (see the module docstring); the caller's environment may turn it on.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    if settings.basic_auth and not env.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        # The auth app's CSRF protection refuses to start without a static key; keep one per
+        # state directory so sessions survive restarts and all workers agree.
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = _secret_key(state_dir)
 
     with open(log_path, "ab") as log:
         log_offset = log.tell()
@@ -212,7 +242,7 @@ def start(settings: ServerSettings, timeout_s: float = 60) -> ServerInfo:
         log_path=log_path,
     )
     _CHILDREN[proc.pid] = proc
-    # Recorded before the wait so that a server left starting by a killed caller can still be stopped.
+    # Recorded before the wait: a server left starting by a killed caller can still be stopped.
     _write_state(info)
 
     try:
@@ -274,7 +304,7 @@ def check_health(uri: str, timeout_s: float = 2) -> bool:
 
 
 def mask_password(text: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``, anywhere in text."""
+    """``postgresql://u:secret@host/db`` -> ``postgresql://u:***@host/db``, anywhere in text."""
     # Greedy up to the last "@" before the path, so a raw "@" in a password is masked too.
     return re.sub(r"(://[^:/@\s]*:)[^/\s]*@", r"\1***@", text)
 
@@ -312,16 +342,41 @@ def _refuse_if_running(state_dir: Path) -> None:
     )
 
 
-def _check_backend(uri: str) -> None:
-    scheme = uri.split(":", 1)[0].lower() if "://" in uri else ""
-    if scheme.startswith("sqlite"):
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+def _check_backend(given: str, resolved: str) -> None:
+    """``given`` is the URI as the user wrote it (for messages), ``resolved`` what MLflow gets."""
+    scheme = resolved.split("://", 1)[0].lower() if "://" in resolved else ""
+    if scheme == "sqlite":
+        path = resolved[len("sqlite:///"):] if resolved.startswith("sqlite:///") else ""
         if path and path != ":memory:" and not Path(path).parent.is_dir():
-            raise UserError(
-                f"backend store {uri}: directory {Path(path).parent} does not exist"
-            )
-    elif scheme in ("postgresql", "postgres", "postgresql+psycopg2"):
-        _check_postgres(uri)
+            raise UserError(f"backend store {given}: directory {Path(path).parent} does not exist")
+    elif scheme == "postgresql+psycopg2":
+        _check_postgres(given, resolved)
+    # Other stores (mysql, mssql, plugins) are left to MLflow; its log explains failures.
+
+
+def _check_basic_auth(state_dir: Path) -> None:
+    if not _flask_wtf_available():
+        raise UserError(
+            "basic auth needs MLflow's auth extra (Flask-WTF, for CSRF checks): "
+            "pip install 'mlflow[auth]'"
+        )
+    # MLflow ships no default admin password: on the first start (no user database yet, which
+    # basic_auth.ini puts at ./basic_auth.db, i.e. in the state directory) it refuses to start
+    # unless it is told one. A custom MLFLOW_AUTH_CONFIG_PATH may set it in the file instead.
+    if (
+        os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD")
+        or os.environ.get("MLFLOW_AUTH_CONFIG_PATH")
+        or (state_dir / "basic_auth.db").exists()
+    ):
+        return
+    raise UserError(
+        "basic auth: MLflow creates the admin user 'admin' on the first start and needs its "
+        "password; export MLFLOW_AUTH_ADMIN_PASSWORD='<a strong password>' and start again"
+    )
+
+
+def _flask_wtf_available() -> bool:
+    return importlib.util.find_spec("flask_wtf") is not None
 
 
 def _psycopg2_available() -> bool:
@@ -332,8 +387,8 @@ def _psycopg2_available() -> bool:
     return True
 
 
-def _check_postgres(uri: str) -> None:
-    masked = mask_password(uri)
+def _check_postgres(given: str, uri: str) -> None:
+    masked = mask_password(given)
     if not _psycopg2_available():
         raise UserError(
             f"backend store {masked} needs the PostgreSQL driver: "
@@ -409,7 +464,9 @@ def _wait_healthy(
         code = proc.poll()
         if code is not None:
             raise UserError(
-                _explain_failure(info, backend, log_offset, f"mlflow server exited with status {code}")
+                _explain_failure(
+                    info, backend, log_offset, f"mlflow server exited with status {code}"
+                )
             )
         if check_health(info.uri, timeout_s=1):
             return
@@ -437,7 +494,11 @@ def _explain_failure(info: ServerInfo, backend: str, log_offset: int, what: str)
             f"{what}: backend store {masked} needs the Python module "
             f"'{missing.group(1)}', which is not installed (log: {info.log_path})"
         )
-    return f"{what}; last lines of {info.log_path}:\n" + text
+    # A Python traceback ends in "module.SomeError: reason": lead with that line.
+    errors = [line for line in tail if re.match(r"^[\w.]*(Error|Exception)\b.*:", line)]
+    if errors:
+        what = f"{what}: {errors[-1].strip()}"
+    return f"{what}\nlast lines of {info.log_path}:\n" + "\n".join(tail[-8:])
 
 
 def _log_tail(log_path: Path, offset: int, backend: str) -> list[str]:
@@ -455,6 +516,15 @@ def _log_tail(log_path: Path, offset: int, backend: str) -> list[str]:
             line = line.replace(password, "***")
         lines.append(line)
     return lines
+
+
+def _secret_key(state_dir: Path) -> str:
+    path = state_dir / "flask_secret_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # owner-only from the start
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 def _write_state(info: ServerInfo) -> None:
@@ -480,7 +550,7 @@ def _read_state(state_dir: Path) -> dict | None:
         return None
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is not a labelmix server record ({e}); delete it") from None
-    if not isinstance(record, dict) or not isinstance(record.get("pid"), int) or "uri" not in record:
+    if not (isinstance(record, dict) and isinstance(record.get("pid"), int) and "uri" in record):
         raise UserError(f"{path} is not a labelmix server record (needs pid and uri); delete it")
     return record
 
