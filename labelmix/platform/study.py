@@ -46,9 +46,11 @@ def make_searcher(spec: StudySpec):
 
     algorithm, seed = spec.search.algorithm, spec.search.seed
     if algorithm == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=seed)
+        startup = spec.search.startup_trials
+        sampler = optuna.samplers.TPESampler(seed=seed, **({"n_startup_trials": startup} if startup is not None else {}))
     elif algorithm == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, spec.search.concurrency * 2))
+        population = spec.search.population_size or max(4, spec.search.concurrency * 2)
+        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     elif algorithm == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:  # grid
@@ -99,7 +101,7 @@ def build_tuner(spec: StudySpec, directory: Path, callbacks: list, restore: bool
     num_samples = spec.search.trials
     return tune.Tuner(
         trainable,
-        param_space=tune_param_space(spec) if spec.search.algorithm != "grid" else {},
+        param_space=tune_param_space(spec),
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(spec),
             scheduler=make_scheduler(spec),

@@ -148,8 +148,8 @@ def train_epoch(run: Run, epoch: int, total_steps: int) -> dict[str, float]:
         run.scheduler.step()
         update_teacher(run.teacher, run.student, step)
         for name, value in terms.items():
-            sums[name] = sums.get(name, 0.0) + float(value)
-        sums["loss"] = sums.get("loss", 0.0) + float(loss)
+            sums[name] = sums.get(name, 0.0) + value.item()
+        sums["loss"] = sums.get("loss", 0.0) + loss.item()
     return {f"train/{name}": total / run.steps_per_epoch for name, total in sums.items()} | {
         "train/lr": run.scheduler.get_last_lr()[0]
     }

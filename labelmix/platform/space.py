@@ -1,0 +1,106 @@
+"""The spec's search space as Tune/Optuna distributions, and the trial config of a sampled point.
+
+Names are flat strings: a TrainConfig field (``ds_type``) or a mix weight (``mix.full``); the
+dot is not Tune's nesting delimiter (``/``), so OptunaSearch keeps the names as they are and hands
+them back in the trial's config. Fixed settings are not in the param space: ``trial_config``
+merges them in, so every trial's config is the whole, validated TrainConfig input.
+
+Optuna's categorical distributions take only scalars, so a choice (or grid) of mix dicts or lists
+is sampled as index strings "0", "1", ... and decoded by ``trial_config``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ray import tune
+
+from labelmix.errors import UserError
+from labelmix.platform.spec import Axis, StudySpec, assemble_config, grid_points
+from labelmix.trainables.config import TrainConfig
+from labelmix.trainables.data.annotations import AnnotationMix
+
+__all__ = ["grid_size", "mix_of", "optuna_grid", "options", "trial_config", "tune_param_space"]
+
+
+def options(axis: Axis) -> list:
+    """The categorical options as sampled: the values, or index strings for non-scalar values."""
+    if axis.encoded:
+        return [str(i) for i in range(len(axis.values))]
+    return list(axis.values)
+
+
+def tune_param_space(spec: StudySpec, grid_search: bool = False) -> dict[str, Any]:
+    """Flat name -> Tune sample domain, for every searched axis.
+
+    Grid axes become ``tune.choice`` over the grid values by default: that is what OptunaSearch
+    converts to the categorical distributions an ``optuna.samplers.GridSampler(optuna_grid(spec))``
+    walks (OptunaSearch refuses ``grid_search``). ``grid_search=True`` gives ``tune.grid_search``
+    instead, for Tune's own variant generator (no searcher).
+    """
+    space: dict[str, Any] = {}
+    for axis in spec.searched:
+        low, high = axis.values[0], axis.values[-1]
+        if axis.kind == "choice":
+            space[axis.name] = tune.choice(options(axis))
+        elif axis.kind == "grid":
+            space[axis.name] = tune.grid_search(options(axis)) if grid_search else tune.choice(options(axis))
+        elif axis.kind == "uniform":
+            space[axis.name] = tune.uniform(low, high)
+        elif axis.kind == "loguniform":
+            space[axis.name] = tune.loguniform(low, high)
+        elif axis.kind == "int":
+            space[axis.name] = tune.randint(low, high + 1)  # randint excludes its upper bound
+        else:  # pragma: no cover - spec.py only makes the kinds above
+            raise AssertionError(f"unknown distribution kind {axis.kind!r}")
+    return space
+
+
+def optuna_grid(spec: StudySpec) -> dict[str, list]:
+    """Name -> grid values (index strings for non-scalars), for ``optuna.samplers.GridSampler``."""
+    if spec.search.algorithm != "grid":
+        raise UserError(f"search.algorithm: {spec.search.algorithm} is not grid; there is no grid to walk")
+    return {axis.name: options(axis) for axis in spec.searched}
+
+
+def grid_size(spec: StudySpec) -> int:
+    """Points of the grid: the product of the grid lists' lengths."""
+    optuna_grid(spec)  # the same check: only a grid spec has a grid
+    return grid_points(spec.axes)
+
+
+def _decode(axis: Axis, value: Any) -> Any:
+    if not axis.encoded:
+        return value
+    try:
+        index = int(value)
+        if not 0 <= index < len(axis.values) or isinstance(value, bool):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserError(
+            f"trial config: {axis.path}: expected an option index 0..{len(axis.values) - 1}, got {value!r}"
+        ) from None
+    return axis.values[index]
+
+
+def trial_config(spec: StudySpec, sampled: Mapping[str, Any]) -> dict[str, Any]:
+    """The plain dict for ``load_config``: fixed settings, dataset, cost and the decoded sampled values.
+
+    Mix weights are normalised to fractions (``mix.seed`` defaults to ``search.seed``); weights
+    that sum to 0 raise UserError. Keys of ``sampled`` that the space does not search raise too:
+    they would otherwise be dropped silently.
+    """
+    searched = {axis.name: axis for axis in spec.searched}
+    unknown = sorted(set(sampled) - set(searched))
+    if unknown:
+        raise UserError(f"trial config: {unknown} are not searched by the spec; searched: {sorted(searched)}")
+    values = {name: _decode(axis, sampled[name]) for name, axis in searched.items() if name in sampled}
+    return assemble_config(spec, values)
+
+
+def mix_of(config: Mapping[str, Any] | TrainConfig) -> AnnotationMix:
+    """The annotation mix of a trial config (a ``trial_config`` dict or a TrainConfig)."""
+    if isinstance(config, TrainConfig):
+        return config.mix.annotation_mix()
+    mix = {k: v for k, v in dict(config.get("mix") or {}).items() if k != "seed"}
+    return AnnotationMix.from_mapping(mix) if mix else AnnotationMix()

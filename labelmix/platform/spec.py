@@ -1,0 +1,646 @@
+"""The study spec (YAML) as validated, frozen models.
+
+A spec names the dataset, the cost model, the objectives, the search space over trial-config
+fields, the algorithm, the scheduler, the budget, the per-trial resources and where results go.
+``labelmix check`` / ``submit`` validate it completely before anything starts: every problem is
+one UserError whose message begins with the field path (``space.ema_decay.loguniform: ...``).
+
+The search space is kept as written (``StudySpec.space``, so a dumped spec reloads unchanged) and
+parsed into ``Axis`` records (``StudySpec.axes``) that ``labelmix.platform.space`` turns into
+Tune/Optuna distributions. No Ray import here: checking a spec stays fast.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from labelmix.errors import UserError, validated
+from labelmix.trainables.config import CostConfig, DataConfig, SyntheticData, TrainConfig, load_config
+from labelmix.trainables.data.annotations import ANNOTATION_TYPES, AnnotationMix
+
+__all__ = [
+    "ALGORITHMS",
+    "Axis",
+    "DISTRIBUTIONS",
+    "OBJECTIVE_METRICS",
+    "SCHEDULERS",
+    "StudySpec",
+    "assemble_config",
+    "grid_points",
+    "load_spec",
+    "parse_spec",
+    "smoke_spec",
+    "spec_hash",
+]
+
+# Metric -> the direction that is better, used when an objective gives no mode.
+OBJECTIVE_METRICS: dict[str, str] = {
+    "val/miou": "max",
+    "cost/hours": "min",
+    "val/miou_bg": "max",
+    "val/mdice": "max",
+    "cost/reduction": "max",
+}
+ALGORITHMS = ("tpe", "nsga2", "random", "grid")
+SCHEDULERS = ("none", "asha", "pareto_asha")
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "grid")
+# TrainConfig fields that the spec sets in its own top-level sections, the same for every trial.
+SECTION_FIELDS = ("dataset", "cost")
+MIX_KEYS = (*ANNOTATION_TYPES, "seed")
+
+_DISTRIBUTION_HELP = (
+    "{choice: [..]}, {uniform: [low, high]}, {loguniform: [low, high]}, {int: [low, high]}, "
+    "{grid: [..]}, or a plain value (fixed)"
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# --- distributions -------------------------------------------------------------------------------
+
+
+def _ordered(bounds: tuple, log: bool = False) -> tuple:
+    low, high = bounds
+    if log and low <= 0:
+        raise ValueError("low must be > 0 on a log scale")
+    if low > high:
+        raise ValueError(f"low {low} > high {high}")
+    return bounds
+
+
+class ChoiceDist(_Strict):
+    choice: list[Any] = Field(min_length=1)
+
+
+class GridDist(_Strict):
+    grid: list[Any] = Field(min_length=1)
+
+
+class UniformDist(_Strict):
+    uniform: tuple[float, float]
+
+    @field_validator("uniform")
+    @classmethod
+    def _bounds(cls, v):
+        return _ordered(v)
+
+
+class LogUniformDist(_Strict):
+    loguniform: tuple[float, float]
+
+    @field_validator("loguniform")
+    @classmethod
+    def _bounds(cls, v):
+        return _ordered(v, log=True)
+
+
+class IntDist(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    int_: tuple[int, int] = Field(alias="int")  # inclusive at both ends
+
+    @field_validator("int_")
+    @classmethod
+    def _bounds(cls, v):
+        return _ordered(v)
+
+
+_DISTRIBUTION_MODELS = {
+    "choice": ChoiceDist,
+    "grid": GridDist,
+    "uniform": UniformDist,
+    "loguniform": LogUniformDist,
+    "int": IntDist,
+}
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One entry of the search space, parsed.
+
+    ``name`` is a TrainConfig field (``ds_type``), a mix weight (``mix.full``, ``mix.seed``), or
+    ``mix`` for a choice/grid of complete mixes. ``kind`` is ``fixed`` or a distribution:
+    choice/grid keep their options in ``values``; uniform/loguniform/int keep ``(low, high)``
+    (int inclusive); fixed keeps ``(value,)``.
+    """
+
+    name: str
+    kind: str
+    values: tuple
+
+    @property
+    def searched(self) -> bool:
+        return self.kind != "fixed"
+
+    @property
+    def path(self) -> str:
+        return f"space.{self.name}"
+
+    @property
+    def categorical(self) -> bool:
+        return self.kind in ("choice", "grid")
+
+    @property
+    def encoded(self) -> bool:
+        """Options that are not scalars (mix dicts, lists) travel as index strings "0", "1", ...
+
+        Optuna's categorical distributions accept only None, bool, int, float and str.
+        """
+        return self.categorical and not all(_is_scalar(v) for v in self.values)
+
+    def lowest(self) -> Any:
+        """The first option, or the lower bound: the representative value checked at load time."""
+        return self.values[0]
+
+    def highest(self) -> Any:
+        return self.values[-1]
+
+    def candidates(self) -> tuple:
+        """Values that validation tries: every option, or both bounds."""
+        return self.values
+
+
+def grid_points(axes: tuple[Axis, ...]) -> int:
+    """Number of points of the grid spanned by the searched axes (1 when nothing is searched)."""
+    return math.prod(len(a.values) for a in axes if a.searched)
+
+
+def _parse_axis(name: str, raw: Any, path: str) -> Axis:
+    if not isinstance(raw, Mapping):
+        return Axis(name, "fixed", (raw,))
+    keys = list(raw)
+    if len(keys) == 1 and keys[0] in DISTRIBUTIONS:
+        kind = keys[0]
+        dist = validated(_DISTRIBUTION_MODELS[kind], dict(raw), prefix=path)
+        values = getattr(dist, "int_" if kind == "int" else kind)
+        if kind in ("uniform", "loguniform"):
+            values = tuple(float(v) for v in values)
+        return Axis(name, kind, tuple(values))
+    unknown = [k for k in keys if k not in DISTRIBUTIONS]
+    if len(keys) == 1:
+        raise UserError(f"{path}.{unknown[0]}: unknown key; allowed here: {', '.join(DISTRIBUTIONS)}")
+    raise UserError(f"{path}: give exactly one distribution, {_DISTRIBUTION_HELP}; got keys {keys}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse_mix(raw: Any, path: str) -> list[Axis]:
+    """``space.mix``: per-type weights, or a choice/grid of complete mixes."""
+    if not isinstance(raw, Mapping):
+        raise UserError(
+            f"{path}: a mix is per-type weights {{full: .., box: .., global: .., none: ..}} or "
+            f"{{choice: [mixes]}} / {{grid: [mixes]}} of complete mixes; got {raw!r}"
+        )
+    keys = list(raw)
+    if keys and set(keys) <= {"choice", "grid"}:
+        if len(keys) != 1:
+            raise UserError(f"{path}: give one of choice or grid, not both")
+        kind = keys[0]
+        dist = validated(_DISTRIBUTION_MODELS[kind], dict(raw), prefix=path)
+        options = []
+        for i, mix in enumerate(getattr(dist, kind)):
+            where = f"{path}.{kind}.{i}"
+            if not isinstance(mix, Mapping):
+                raise UserError(f"{where}: a complete mix is a mapping such as {{full: 0.06, none: 0.94}}, got {mix!r}")
+            try:
+                options.append(AnnotationMix.from_mapping(mix).as_dict())
+            except UserError as exc:  # "mix.full: ..." / "mix: ..." -> "<where>.full: ..." / "<where>: ..."
+                raise UserError(f"{where}{str(exc).removeprefix('mix')}") from None
+            except (TypeError, ValueError):
+                raise UserError(f"{where}: mix fractions must be numbers, got {dict(mix)!r}") from None
+        return [Axis("mix", kind, tuple(options))]
+
+    for key in keys:
+        if key not in MIX_KEYS:
+            raise UserError(
+                f"{path}.{key}: unknown key; allowed here: {', '.join(MIX_KEYS)} "
+                "(or one choice/grid of complete mixes)"
+            )
+    axes = []
+    for kind in ANNOTATION_TYPES:
+        if kind not in raw:
+            axes.append(Axis(f"mix.{kind}", "fixed", (0.0,)))
+            continue
+        where = f"{path}.{kind}"
+        axis = _parse_axis(f"mix.{kind}", raw[kind], where)
+        if axis.searched:
+            where = f"{where}.{axis.kind}"
+        for value in axis.candidates():
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
+                raise UserError(f"{where}: mix weights must be numbers in [0, 1], got {value!r}")
+        axes.append(axis)
+    if "seed" in raw:
+        axis = _parse_axis("mix.seed", raw["seed"], f"{path}.seed")
+        if axis.kind in ("uniform", "loguniform") or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in axis.candidates()
+        ):
+            raise UserError(f"{path}.seed: the mix seed is an integer (or a choice/int range of integers)")
+        axes.append(axis)
+    if not any(max(a.candidates()) > 0 for a in axes if a.name != "mix.seed"):
+        raise UserError(f"{path}: every weight is 0; at least one annotation type needs a positive weight")
+    return axes
+
+
+def _check_field(key: Any, section: str) -> None:
+    """A key of ``space`` or ``fixed`` must be a TrainConfig field that trials may vary."""
+    fields = TrainConfig.model_fields
+    if key in SECTION_FIELDS:
+        raise UserError(f"{section}.{key}: set by the spec's top-level `{key}:` section, the same for every trial")
+    if key not in fields:
+        close = difflib.get_close_matches(str(key), list(fields), n=3)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"trial config fields: {', '.join(fields)}"
+        raise UserError(f"{section}.{key}: not a trial config field; {hint}")
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+class Objective(_Strict):
+    metric: Literal["val/miou", "cost/hours", "val/miou_bg", "val/mdice", "cost/reduction"]
+    mode: Optional[Literal["max", "min"]] = None  # None: the metric's natural direction
+
+    @model_validator(mode="after")
+    def _default_mode(self):
+        if self.mode is None:
+            object.__setattr__(self, "mode", OBJECTIVE_METRICS[self.metric])
+        return self
+
+
+class SearchConfig(_Strict):
+    algorithm: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    trials: Optional[int] = Field(None, ge=1)  # required, except for grid (default: the grid size)
+    concurrency: int = Field(1, ge=1)
+    seed: int = 0
+    population_size: Optional[int] = Field(None, ge=2)  # nsga2 only; None: the study runner decides
+    startup_trials: Optional[int] = Field(None, ge=0)  # tpe only: random trials before TPE models
+
+
+class SchedulerConfig(_Strict):
+    type: Literal["none", "asha", "pareto_asha"] = "none"
+    max_epochs: Optional[int] = Field(None, ge=1)  # filled from fixed.epochs (they must agree)
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class BudgetConfig(_Strict):
+    max_hours: Optional[float] = Field(None, gt=0)  # cap on a trial's annotation hours; None: no cap
+
+
+class ResourcesConfig(_Strict):
+    cpus: float = Field(1.0, ge=0)
+    gpus: float = Field(0.0, ge=0)
+
+
+class FailureConfig(_Strict):
+    max_failures: int = Field(1, ge=-1)  # retries per trial; -1: retry forever (Tune's convention)
+
+
+class StorageConfig(_Strict):
+    path: str = Field("studies", min_length=1)  # local folder or s3://... gs://...
+
+
+class TrackingConfig(_Strict):
+    uri: Optional[str] = None
+    experiment: Optional[str] = None  # filled with the study name
+
+
+class SmokeConfig(_Strict):
+    trials: int = Field(2, ge=1)
+    epochs: int = Field(1, ge=1)
+    volumes: int = Field(4, ge=1)
+    slices: int = Field(4, ge=1)
+    size: int = Field(64, ge=32)
+
+
+def _set(model: BaseModel, name: str, value: Any) -> None:
+    """Fill a default on a frozen model while its own validator runs (never afterwards)."""
+    object.__setattr__(model, name, value)
+
+
+class StudySpec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_-]+$")
+    description: str = ""
+    dataset: DataConfig = DataConfig(synthetic=SyntheticData())
+    cost: CostConfig = CostConfig()
+    objectives: tuple[Objective, ...]  # 1 or 2
+    space: dict[str, Any]
+    fixed: dict[str, Any] = {}
+    search: SearchConfig
+    scheduler: SchedulerConfig = SchedulerConfig()
+    budget: BudgetConfig = BudgetConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    failure: FailureConfig = FailureConfig()
+    storage: StorageConfig = StorageConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    smoke: SmokeConfig = SmokeConfig()
+
+    _axes: tuple[Axis, ...] = PrivateAttr(default=())
+
+    @field_validator("objectives")
+    @classmethod
+    def _one_or_two(cls, v):
+        # Not Field(min_length=..): pydantic then adds a second, misleading length error to an item error.
+        if not 1 <= len(v) <= 2:
+            raise ValueError(f"give 1 or 2 objectives, got {len(v)}")
+        return v
+
+    @property
+    def axes(self) -> tuple[Axis, ...]:
+        return self._axes
+
+    @property
+    def searched(self) -> tuple[Axis, ...]:
+        return tuple(a for a in self._axes if a.searched)
+
+    @model_validator(mode="after")
+    def _check(self):
+        self._check_objectives()
+        self._check_search_settings()
+        for key in self.fixed:
+            _check_field(key, "fixed")
+        self._axes = self._parse_space()
+        self._check_grid()
+        self._check_dataset()
+        self._check_epochs()
+        self._check_trial_configs()
+        if self.tracking.experiment is None:
+            _set(self, "tracking", self.tracking.model_copy(update={"experiment": self.name}))
+        return self
+
+    def _check_objectives(self) -> None:
+        seen = set()
+        for i, objective in enumerate(self.objectives):
+            if objective.metric in seen:
+                raise UserError(f"objectives.{i}.metric: {objective.metric} is listed twice")
+            seen.add(objective.metric)
+        if len(self.objectives) > 1 and self.scheduler.type == "asha":
+            raise UserError(
+                f"scheduler.type: asha optimises one metric; with {len(self.objectives)} objectives use "
+                "pareto_asha or none"
+            )
+
+    def _check_search_settings(self) -> None:
+        search = self.search
+        if search.population_size is not None and search.algorithm != "nsga2":
+            raise UserError(f"search.population_size: only for algorithm nsga2 (algorithm is {search.algorithm})")
+        if search.startup_trials is not None and search.algorithm != "tpe":
+            raise UserError(f"search.startup_trials: only for algorithm tpe (algorithm is {search.algorithm})")
+        if search.trials is None and search.algorithm != "grid":
+            raise UserError(f"search.trials: required for algorithm {search.algorithm} (how many trials to run)")
+
+    def _parse_space(self) -> tuple[Axis, ...]:
+        axes: list[Axis] = []
+        for key, raw in self.space.items():
+            _check_field(key, "space")
+            if key in self.fixed:
+                raise UserError(f"space.{key}: also set in fixed; a field is either fixed or searched")
+            if key == "mix":
+                axes.extend(_parse_mix(raw, "space.mix"))
+            else:
+                axes.append(_parse_axis(key, raw, f"space.{key}"))
+        if not any(a.searched for a in axes):
+            raise UserError(
+                "space: nothing is searched; give at least one field a distribution: {choice: [..]}, "
+                "{uniform: [low, high]}, {loguniform: [low, high]}, {int: [low, high]} or {grid: [..]}"
+            )
+        return tuple(axes)
+
+    def _check_grid(self) -> None:
+        algorithm = self.search.algorithm
+        for axis in self.searched:
+            if algorithm == "grid" and axis.kind != "grid":
+                raise UserError(
+                    f"{axis.path}: search.algorithm grid needs every searched field as {{grid: [..]}} "
+                    f"(or a plain value), got {axis.kind}"
+                )
+            if algorithm != "grid" and axis.kind == "grid":
+                raise UserError(
+                    f"{axis.path}.grid: a grid list needs search.algorithm: grid (algorithm is {algorithm}); "
+                    "use {choice: [..]} to sample"
+                )
+        if algorithm == "grid":
+            points = grid_points(self._axes)
+            if self.search.trials is None:
+                _set(self, "search", self.search.model_copy(update={"trials": points}))
+            elif self.search.trials > points:
+                raise UserError(f"search.trials: {self.search.trials} is more than the grid's {points} points")
+
+    def _check_dataset(self) -> None:
+        path = self.dataset.path
+        if path is None or "://" in path:
+            return
+        local = Path(path).expanduser()
+        if not local.exists():
+            raise UserError(f"dataset.path: file not found: {path}")
+        # Absolute, because trials run in other working directories (Tune's trial folders).
+        _set(self, "dataset", self.dataset.model_copy(update={"path": str(local.resolve())}))
+
+    def _check_epochs(self) -> None:
+        scheduler = self.scheduler
+        if "epochs" in self.space and scheduler.type != "none":
+            raise UserError(
+                f"space.epochs: cannot be searched with scheduler {scheduler.type} (its max_epochs is one "
+                "number); fix it in fixed.epochs or use scheduler.type: none"
+            )
+        fixed_epochs = self.fixed.get("epochs")
+        if fixed_epochs is not None:
+            validated(TrainConfig, {"epochs": fixed_epochs}, prefix="fixed")
+        if fixed_epochs is not None and scheduler.max_epochs is not None and fixed_epochs != scheduler.max_epochs:
+            raise UserError(
+                f"scheduler.max_epochs: {scheduler.max_epochs} differs from fixed.epochs {fixed_epochs}; every "
+                "trial trains fixed.epochs epochs, so give one of them or the same number"
+            )
+        if fixed_epochs is None and scheduler.max_epochs is not None and "epochs" not in self.space:
+            _set(self, "fixed", {**self.fixed, "epochs": scheduler.max_epochs})
+        elif scheduler.max_epochs is None and "epochs" not in self.space:
+            epochs = fixed_epochs if fixed_epochs is not None else TrainConfig.model_fields["epochs"].default
+            _set(self, "scheduler", scheduler.model_copy(update={"max_epochs": epochs}))
+        scheduler = self.scheduler
+        if scheduler.type != "none" and scheduler.grace_period > scheduler.max_epochs:
+            raise UserError(
+                f"scheduler.grace_period: {scheduler.grace_period} is more than max_epochs {scheduler.max_epochs}"
+            )
+        device = self.fixed.get("device")
+        if device == "cuda" and self.resources.gpus <= 0:
+            raise UserError("fixed.device: cuda needs resources.gpus > 0 (a fraction such as 0.25 is allowed)")
+
+    def _check_trial_configs(self) -> None:
+        """Fixed values, every option (or both bounds) of each searched field, and one whole trial.
+
+        Bad values fail here, at check time, not in the first trial on the cluster.
+        """
+        base = _base_config(self)
+        load_config(base, prefix="fixed")
+        for axis in self._axes:
+            if axis.name.startswith("mix"):
+                continue  # checked by _parse_mix and by the representative trial below
+            for value in axis.candidates():
+                load_config({**base, axis.name: value}, prefix="space")
+            if axis.kind in ("uniform", "loguniform") and axis.values[0] < axis.values[1]:
+                low, high = axis.values
+                inside = low + 0.37 * (high - low)  # a non-integral value inside the range
+                try:
+                    load_config({**base, axis.name: inside})
+                except UserError:
+                    takes = _type_name(TrainConfig.model_fields[axis.name].annotation)
+                    raise UserError(
+                        f"{axis.path}.{axis.kind}: samples fractional numbers but {axis.name} takes {takes}; "
+                        "use {int: [low, high]} or {choice: [..]}"
+                    ) from None
+        sampled = {a.name: a.lowest() for a in self.searched}
+        weights = [a for a in self._axes if a.name in {f"mix.{t}" for t in ANNOTATION_TYPES}]
+        if weights and sum(sampled.get(a.name, a.lowest()) for a in weights) <= 0:
+            # The lowest weights are all 0: represent the mix by the highest ones instead.
+            sampled.update({a.name: a.highest() for a in weights if a.searched})
+        load_config(assemble_config(self, sampled), prefix="fixed")
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _base_config(spec: StudySpec) -> dict[str, Any]:
+    """The trial config of the fixed settings alone (searched fields keep TrainConfig's defaults)."""
+    config = copy.deepcopy(dict(spec.fixed))
+    config["dataset"] = spec.dataset.model_dump(exclude_none=True)
+    config["cost"] = spec.cost.model_dump()
+    mix = config.get("mix")
+    if isinstance(mix, Mapping):
+        # Missing types are 0 here as in space.mix (MixConfig alone would default full to 1).
+        config["mix"] = {**{t: 0.0 for t in ANNOTATION_TYPES}, "seed": spec.search.seed, **mix}
+    elif mix is None:
+        config["mix"] = {"full": 1.0, "seed": spec.search.seed}
+    return config
+
+
+def assemble_config(spec: StudySpec, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The plain trial-config dict: fixed settings + values of the searched axes (already decoded).
+
+    Mix weights are normalised to fractions, so any non-negative weights with a positive sum
+    reach every point of the simplex; weights that sum to 0 are not a mix and raise UserError.
+    """
+    config = _base_config(spec)
+    mix_values: dict[str, Any] = {}
+    for axis in spec.axes:
+        if axis.searched and axis.name not in values:
+            raise UserError(f"trial config: no value for the searched field {axis.path}")
+        value = copy.deepcopy(values[axis.name]) if axis.searched else axis.values[0]
+        if axis.name == "mix" or axis.name.startswith("mix."):
+            mix_values[axis.name] = value
+        else:
+            config[axis.name] = value
+    seed = mix_values.pop("mix.seed", spec.search.seed)
+    if "mix" in mix_values:
+        config["mix"] = {**mix_values["mix"], "seed": seed}
+    elif mix_values:
+        weights = {t: mix_values[f"mix.{t}"] for t in ANNOTATION_TYPES}
+        shown = ", ".join(f"{t}={w!r}" for t, w in weights.items())
+        if not all(_is_number(w) and w >= 0 for w in weights.values()):
+            raise UserError(f"mix: weights must be finite numbers >= 0, got {shown}")
+        total = sum(weights.values())
+        if total <= 0:
+            raise UserError(f"mix: the weights {shown} sum to 0; at least one annotation type needs a positive weight")
+        config["mix"] = {**{t: w / total for t, w in weights.items()}, "seed": seed}
+    return config
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def parse_spec(data: Any, source: str = "") -> StudySpec:
+    """A StudySpec from plain data (parsed YAML); ``source`` (a file name) starts any error message."""
+    if not isinstance(data, Mapping):
+        kind = "an empty document" if data is None else type(data).__name__
+        where = f"{source}: " if source else ""
+        raise UserError(f"{where}a study spec is a YAML mapping (name:, space:, ...), got {kind}")
+    try:
+        return validated(StudySpec, dict(data))
+    except UserError as exc:
+        if source:
+            raise UserError(f"{source}: {exc}") from None
+        raise
+
+
+def load_spec(path_or_name: str) -> tuple[StudySpec, str]:
+    """(spec, source text) from a YAML file, or from a built-in spec name (``labelmix spaces``)."""
+    from labelmix.search_spaces import builtin_specs
+
+    path = Path(path_or_name).expanduser()
+    builtins = builtin_specs()
+    if not path.is_file():
+        if path_or_name in builtins:
+            path = builtins[path_or_name]
+        elif path.exists():
+            raise UserError(f"{path_or_name}: not a file")
+        else:
+            raise UserError(
+                f"{path_or_name}: file not found, and not a built-in spec (built-ins: {', '.join(builtins)})"
+            )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path_or_name}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserError(f"{path_or_name}: bad YAML{where}: {problem}") from None
+    return parse_spec(data, source=path_or_name), text
+
+
+def smoke_spec(spec: StudySpec) -> StudySpec:
+    """The same study shrunk per ``spec.smoke``: few trials, few epochs, a tiny dataset.
+
+    The name is kept (the CLI gives smoke studies their own folder name).
+    """
+    smoke = spec.smoke
+    data = spec.model_dump(mode="json", by_alias=True)
+    trials = min(smoke.trials, spec.search.trials)
+    if spec.search.algorithm == "grid" and "epochs" in data["space"]:
+        epochs_axis = next(a for a in spec.axes if a.name == "epochs")
+        trials = min(trials, grid_points(spec.axes) // len(epochs_axis.values))  # epochs shrinks to one value
+    data["search"].update(trials=trials, concurrency=min(spec.search.concurrency, trials))
+    epochs = smoke.epochs
+    if "epochs" in data["space"]:
+        kind = "grid" if spec.search.algorithm == "grid" else "choice"
+        data["space"]["epochs"] = {kind: [epochs]}
+    else:
+        data["fixed"]["epochs"] = epochs
+    scheduler = data["scheduler"]
+    scheduler.update(max_epochs=epochs if "epochs" not in data["space"] else None,
+                     grace_period=min(scheduler["grace_period"], epochs))
+    if spec.dataset.synthetic is not None:
+        data["dataset"]["synthetic"].update(
+            volumes=smoke.volumes, slices=smoke.slices, height=smoke.size, width=smoke.size
+        )
+    else:
+        images = smoke.volumes * smoke.slices
+        for key in ("max_train_images", "max_eval_images"):
+            current = data["dataset"].get(key)
+            data["dataset"][key] = images if current is None else min(current, images)
+    return parse_spec(data)
+
+
+def spec_hash(source_text: str) -> str:
+    """Short, stable hash of a spec's source text (line endings normalised)."""
+    text = source_text.replace("\r\n", "\n")
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
