@@ -36,7 +36,8 @@ def _split_fractions(text: str) -> tuple[float, float, float]:
 
 # ---------------------------------------------------------------- data
 def cmd_data_synth(args) -> int:
-    from labelmix.trainables.data.synth import SynthSettings, write_synthetic_store
+    from labelmix.trainables.data.synth import SynthSettings
+    from labelmix.trainables.data.synth_store import write_synthetic_store
 
     height, width = _size(args.size)
     settings = SynthSettings(volumes=args.volumes, slices=args.slices, height=height, width=width, seed=args.seed)

@@ -41,6 +41,12 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def read_table(directory: Path) -> pd.DataFrame:
+    """The trial table of a study folder (empty when no trial has been recorded yet)."""
+    path = Path(directory) / TRIALS_FILE
+    return with_pareto(pd.read_parquet(path)) if path.is_file() else with_pareto(pd.DataFrame({"status": []}))
+
+
 def with_pareto(frame: pd.DataFrame) -> pd.DataFrame:
     """Adds the ``pareto`` column: finished trials not dominated in (cost/hours min, val/miou max)."""
     frame = frame.copy()
@@ -55,7 +61,10 @@ def with_pareto(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def frontier_of(frame: pd.DataFrame) -> pd.DataFrame:
-    return with_pareto(frame).query("pareto").sort_values(COST).reset_index(drop=True)
+    frame = with_pareto(frame)
+    if COST not in frame:
+        return frame.iloc[:0]
+    return frame[frame["pareto"]].sort_values(COST).reset_index(drop=True)
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -69,21 +78,36 @@ class ResultsTable(Callback):
         self.directory = Path(directory)
         self.spec = spec
         self.rows: dict[str, dict[str, Any]] = {}
-        self.stream = stream or sys.stdout
+        self.stream = stream
         self.min_interval_s = min_interval_s
         self._last_print = 0.0
+        self._load()
+
+    # Tune pickles the callbacks with the experiment and, on restore, uses that copy: the rows are
+    # left out of the pickle and read back from the study folder when the experiment starts again.
+    def __getstate__(self):
+        return {**self.__dict__, "rows": {}, "stream": None}
+
+    def setup(self, **info):
+        self._load()
+
+    def _load(self) -> None:
         path = self.directory / TRIALS_FILE
         if path.is_file():
             for row in pd.read_parquet(path).to_dict("records"):
-                self.rows[row["trial_id"]] = row
+                self.rows.setdefault(row["trial_id"], row)
 
     # ---- Tune callback hooks
     def on_trial_start(self, iteration, trials, trial, **info):
+        if self._frozen(trial):
+            return
         row = self._row(trial)
         row.update(status="RUNNING", started_at=time.time())
         self._progress(trials, force=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self._frozen(trial):
+            return
         row = self._row(trial)
         row.update({k: _number(v) for k, v in result.items() if k.startswith(_KEPT_PREFIXES)})
         row["node_ip"] = result.get("node_ip", row.get("node_ip"))
@@ -103,6 +127,11 @@ class ResultsTable(Callback):
         self._progress(trials, force=True)
 
     # ---- table
+    def _frozen(self, trial) -> bool:
+        """A finished trial's row never changes. After a restore from a snapshot taken before Tune
+        saw it finish, Tune restarts it from its last checkpoint, which has nothing left to train."""
+        return self.rows.get(trial.trial_id, {}).get("status") == "TERMINATED"
+
     def _row(self, trial) -> dict[str, Any]:
         if trial.trial_id not in self.rows:
             try:
@@ -113,6 +142,8 @@ class ResultsTable(Callback):
         return self.rows[trial.trial_id]
 
     def _finish(self, trial, status: str, trials) -> None:
+        if self._frozen(trial):
+            return
         row = self._row(trial)
         row.update(status=status, ended_at=time.time())
         error_file = getattr(trial, "error_file", None)
@@ -124,18 +155,12 @@ class ResultsTable(Callback):
     def frame(self) -> pd.DataFrame:
         return with_pareto(pd.DataFrame(list(self.rows.values())))
 
-    def table(self) -> pd.DataFrame:
-        return self.frame()
-
-    def frontier(self) -> pd.DataFrame:
-        return frontier_of(self.frame())
-
     def write(self) -> None:
         if not self.rows:
             return
         frame = self.frame()
         write_parquet(frame, self.directory / TRIALS_FILE)
-        write_parquet(frame[frame["pareto"]].sort_values(COST) if COST in frame else frame.iloc[:0], self.directory / FRONTIER_FILE)
+        write_parquet(frontier_of(frame), self.directory / FRONTIER_FILE)
 
     def _progress(self, trials, force: bool = False) -> None:
         now = time.monotonic()
@@ -149,7 +174,7 @@ class ResultsTable(Callback):
             f"[{self.spec.name}] running {statuses.count('RUNNING')} | pending {statuses.count('PENDING')} | "
             f"finished {statuses.count('TERMINATED')} | errored {statuses.count('ERROR')} | "
             f"best val/miou {best:.3f} | frontier {int(frame['pareto'].sum())}",
-            file=self.stream, flush=True,
+            file=self.stream or sys.stdout, flush=True,
         )
 
 

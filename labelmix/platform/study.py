@@ -15,11 +15,11 @@ import ray
 from ray import tune
 
 from labelmix.errors import UserError
-from labelmix.platform.results import ResultsTable
+from labelmix.platform.results import ResultsTable, frontier_of, read_table
 from labelmix.platform.space import optuna_grid, tune_param_space
 from labelmix.platform.spec import StudySpec, load_spec
 from labelmix.platform.trainable import run_trial
-from labelmix.trainables.data.synth import synthetic_store
+from labelmix.trainables.data.synth_store import synthetic_store
 
 SPEC_FILE = "spec.yaml"
 STORE_FILE = "data.parquet"
@@ -124,6 +124,8 @@ def start_ray(address: Optional[str], spec: StudySpec) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Checkpoints every epoch make Tune warn about snapshot frequency on every trial; it is expected.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
@@ -141,12 +143,13 @@ def run_study(spec: StudySpec, source_text: str, address: Optional[str] = None, 
             )
         directory.mkdir(parents=True, exist_ok=True)
         (directory / SPEC_FILE).write_text(source_text)
-    table = ResultsTable(directory, spec)
     start_ray(address, spec)
-    tuner = build_tuner(spec, directory, [table, *(callbacks or [])], restore=restore)
+    # On restore Tune brings back the callbacks it pickled with the experiment (ResultsTable
+    # reloads its rows from the study folder); the results are read back from that folder.
+    tuner = build_tuner(spec, directory, [ResultsTable(directory, spec), *(callbacks or [])], restore=restore)
     tuner.fit()
-    table.write()
-    return StudyResult(directory, table.table(), table.frontier())
+    table = read_table(directory)
+    return StudyResult(directory, table, frontier_of(table))
 
 
 def resume_study(directory: Path, address: Optional[str] = None, callbacks: list | None = None) -> StudyResult:

@@ -269,7 +269,7 @@ def resolve_store(config: TrainConfig) -> Path:
     """The store path; a synthetic dataset is generated once into the cache folder."""
     if config.dataset.path is not None:
         return Path(config.dataset.path)
-    from labelmix.trainables.data.synth import synthetic_store
+    from labelmix.trainables.data.synth_store import synthetic_store
 
     return synthetic_store(config.dataset.synthetic, Path(config.cache_dir))
 

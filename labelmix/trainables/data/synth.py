@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
-from scipy import ndimage, special
+from scipy import ndimage
 
 from labelmix.errors import UserError
 
@@ -44,7 +44,7 @@ _PAINT_ORDER = (IRF, SRF, PED)
 # Share of volumes that carry each fluid type (a volume may carry several). Together with the
 # extents below this gives about half of all B-scans without fluid, IRF the most frequent class,
 # SRF next, PED the rarest (see the module tests for the measured numbers).
-_P_IRF, _P_SRF, _P_PED = 0.65, 0.45, 0.3
+_P_IRF, _P_SRF, _P_PED = 0.7, 0.45, 0.25
 
 # Brightness profile along the layer coordinate L: 0 = ILM, 1 = OPL/ONL border, 2 = photoreceptor
 # tips (top of the RPE), 3 = Bruch's membrane, 3..5 choroid fading into the sclera.
@@ -60,9 +60,7 @@ _PROFILE_I = np.array([
     0.80, 0.95, 0.95, 0.85,
     0.58, 0.50, 0.26, 0.02,
 ])
-_VITREOUS = -0.06
-_IRF_BRIGHTNESS = 0.10
-_SRF_BRIGHTNESS = 0.09
+_VITREOUS = -0.1
 
 
 @dataclass(frozen=True)
@@ -147,7 +145,7 @@ class _Volume:
         if rng.random() < _P_IRF:
             cu = self.fovea_u + rng.normal(0, 0.12)
             cv = self.fovea_v + rng.normal(0, 0.12)
-            su, sv = rng.uniform(0.07, 0.18), rng.uniform(0.08, 0.2)
+            su, sv = rng.uniform(0.07, 0.18), rng.uniform(0.1, 0.25)
             self.edema = (cu, cv, su, sv, rng.uniform(0.03, 0.1))
             n = int(rng.integers(4, 26))
             radius = np.exp(rng.uniform(np.log(2.5), np.log(8.5), n)) / 128  # 2.5..8.5 px at 128
@@ -163,13 +161,12 @@ class _Volume:
         self.srf = []
         if rng.random() < _P_SRF:
             self.srf.append(self._dome(rng, self.fovea_u + rng.normal(0, 0.05), self.fovea_v + rng.normal(0, 0.05),
-                                       (0.10, 0.25), (0.12, 0.3), (0.03, 0.10), (0.6, 1.0)))
+                                       (0.10, 0.25), (0.15, 0.35), (0.03, 0.10), (0.6, 1.0)))
         self.ped = []
         if rng.random() < _P_PED:
             for _ in range(1 + int(rng.random() < 0.3)):
                 self.ped.append(self._dome(rng, self.fovea_u + rng.normal(0, 0.15), self.fovea_v + rng.normal(0, 0.12),
-                                           (0.06, 0.16), (0.08, 0.2), (0.03, 0.10), (0.5, 0.9)))
-        self.ped_brightness = rng.uniform(0.14, 0.3)
+                                           (0.06, 0.16), (0.1, 0.25), (0.03, 0.10), (0.5, 0.9)))
 
         # Vessels in the inner retina, running across slices; each casts a shadow below it.
         n = int(rng.integers(2, 7))
@@ -182,10 +179,12 @@ class _Volume:
         ], axis=1)
 
         # Acquisition: speckle (gamma shape; lower = stronger), dynamic range, gain.
-        self.speckle_shape = rng.uniform(1.0, 2.0)
-        self.speckle_scale = 10 / rng.uniform(32, 42) / np.log(10)  # display units per neper
-        self.speckle_bias = -(special.digamma(self.speckle_shape) - np.log(self.speckle_shape)) * self.speckle_scale
+        self.speckle_shape = rng.uniform(0.3, 0.5)
+        self.speckle_scale = 10 / rng.uniform(26, 34) / np.log(10)  # display units per neper (dB range)
         self.gain = rng.uniform(-0.04, 0.04)
+        # Fluid brightness varies between volumes (devices, turbidity): always darker than the
+        # tissue around it, but not by a fixed margin.
+        self.fluid_brightness = np.array([0.0, rng.uniform(0.1, 0.22), rng.uniform(0.08, 0.2), rng.uniform(0.16, 0.32)])
 
     @staticmethod
     def _dome(rng, cu, cv, width_u, width_v, height, power) -> tuple[float, ...]:
@@ -259,20 +258,22 @@ class _Volume:
             SRF: (y >= tips) & (y < rpe_top),
             PED: (y >= rpe_bottom) & (y < bruch),
         }
-        brightness = {IRF: _IRF_BRIGHTNESS, SRF: _SRF_BRIGHTNESS, PED: self.ped_brightness}
         for cls in _PAINT_ORDER:
             mask[regions[cls]] = cls
         fluid = mask > 0
         if fluid.any():
-            img[fluid] = np.take(np.array([0.0, brightness[IRF], brightness[SRF], brightness[PED]]), mask[fluid])
+            img[fluid] = self.fluid_brightness[mask[fluid]]
 
         # Acquisition: soften edges, shadows, column gain, speckle (additive after log compression).
         img = ndimage.gaussian_filter(img, 0.6, mode="nearest")
         columns = ndimage.gaussian_filter1d(rng.normal(0, 0.06, W), max(1.0, 2 * W / 128), mode="wrap")
         img -= shadow
         img += columns + self.gain
-        speckle = np.log(rng.standard_gamma(self.speckle_shape, (H, W)) / self.speckle_shape)
-        img += self.speckle_scale * speckle + self.speckle_bias
+        # Speckle grains span more than one pixel (wider than tall, as OCT's lateral resolution is
+        # coarser): smooth a gamma field in linear units, then take the log.
+        grain = (max(0.5, 0.5 * H / 128), max(0.5, 0.8 * W / 128))
+        speckle = np.log(ndimage.gaussian_filter(rng.standard_gamma(self.speckle_shape, (H, W)), grain, mode="nearest") + 1e-6)
+        img += self.speckle_scale * (speckle - speckle.mean())
         image = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
         return image, mask
 

@@ -1,0 +1,644 @@
+"""Driver-side MLflow tracking: one parent run per study, one child run per trial, the frontier at the end.
+
+Everything runs in the Tune driver (a ``ray.tune.Callback``): workers never talk to the tracking
+server, so a cluster needs no route from its nodes to MLflow.
+
+- Parent run (``labelmix.role=study``): tags ``labelmix.study``, ``labelmix.spec_hash``,
+  ``labelmix.code_version`` and whatever the caller adds (``labelmix.dataset_fingerprint``); the spec as
+  the artifact ``spec.yaml``.
+- Child run per trial (run name = trial id, tags ``mlflow.parentRunId`` and ``labelmix.trial_id``):
+  the decoded trial config as params once, metrics per report with ``step`` = epoch, status at the
+  end (FINISHED, or FAILED with the error text in ``labelmix.error``).
+- At the end (:func:`log_frontier`): ``frontier.json`` (a table), ``frontier.png`` and
+  ``frontier.html`` on the parent, ``pareto=true|false`` tags on the children, and the last
+  checkpoint folder of each frontier trial as the artifact ``model/`` of its child run.
+
+Resume never duplicates a run: the run ids are kept in ``<study>/mlflow_runs.json`` and, when that
+file is missing or points elsewhere, found again by tag (``labelmix.study`` for the parent,
+``mlflow.parentRunId`` + ``labelmix.trial_id`` for the children).
+
+Overhead: Tune calls the hooks on its driver loop, so a hook must not wait for the server. Hooks
+only append records to a queue; one background thread writes them, at most every ``flush_s``
+seconds, as one ``log_batch`` per trial and flush. A hook costs microseconds; everything is written
+before ``on_experiment_end`` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+from ray.tune import Callback
+
+from labelmix.errors import UserError
+from labelmix.platform.results import COST, SCORE, flatten, with_pareto
+
+log = logging.getLogger(__name__)
+
+RUNS_FILE = "mlflow_runs.json"
+METRIC_PREFIXES = ("val/", "test/", "cost/", "labels/", "train/", "time/", "epoch")
+TAG_STUDY, TAG_ROLE, TAG_TRIAL = "labelmix.study", "labelmix.role", "labelmix.trial_id"
+TAG_PARENT = "mlflow.parentRunId"
+MAX_TAG = 8000  # MLflow's limit on a tag value (MAX_TAG_VAL_LENGTH)
+MAX_PARAM = 6000  # MAX_PARAM_VAL_LENGTH
+BATCH_METRICS = 1000  # MAX_METRICS_PER_BATCH
+BATCH_PARAMS = 100  # MAX_PARAMS_TAGS_PER_BATCH
+MAX_FAILURES = 3
+
+
+# --- where to log ---------------------------------------------------------------------------------
+
+
+def resolve_tracking_uri(cli_uri: str | None, spec: Any, study_dir: Path) -> str:
+    """--tracking-uri, else the spec's tracking.uri, else $MLFLOW_TRACKING_URI, else a SQLite store
+    in the study folder (artifacts next to it, under ``mlartifacts``)."""
+    for uri in (cli_uri, getattr(getattr(spec, "tracking", None), "uri", None), os.environ.get("MLFLOW_TRACKING_URI")):
+        if uri:
+            return uri
+    return f"sqlite:///{Path(study_dir).expanduser().resolve() / 'mlflow.db'}"
+
+
+UNREACHABLE_HINT = "start one with `labelmix server start` or omit --tracking-uri to log into the study folder"
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0, hint: str = UNREACHABLE_HINT) -> None:
+    """For http(s) URIs: ``GET <uri>/health`` must answer 200, else a UserError (call before Ray starts)."""
+    if urlsplit(uri).scheme.lower() not in ("http", "https"):
+        return
+    handlers = []
+    if _is_loopback(urlsplit(uri).hostname or ""):
+        handlers.append(urllib.request.ProxyHandler({}))  # an HTTP(S)_PROXY must not see loopback
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.build_opener(*handlers).open(url, timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            reason = f"GET /health answered {response.status}"
+    except urllib.error.HTTPError as e:
+        reason = f"GET /health answered {e.code}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = str(getattr(e, "reason", None) or e)
+    raise UserError(f"tracking server {uri} is not reachable ({reason}); {hint}")
+
+
+def code_version() -> str:
+    """``labelmix.__version__``, plus the git commit (``+g<sha>``, ``.dirty`` with local changes) when
+    the package runs from a checkout."""
+    import labelmix
+
+    version = labelmix.__version__
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty=.dirty", "--abbrev=12", "--exclude", "*"],
+            cwd=Path(labelmix.__file__).parent, capture_output=True, text=True, timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return version
+    sha = out.stdout.strip()
+    return f"{version}+g{sha}" if out.returncode == 0 and sha else version
+
+
+def artifact_location(uri: str) -> str | None:
+    """A SQLite store keeps artifacts next to its database (MLflow's default would be ./mlruns of
+    whatever folder the driver started in)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if str(db) not in ("", ":memory:"):
+            return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def experiment_id(client, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created when missing; a deleted one is restored."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(uri))
+    except MlflowException:  # another driver created it in between
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+# --- what to log ----------------------------------------------------------------------------------
+
+
+def metric_values(result: Mapping[str, Any]) -> dict[str, float]:
+    """The reported numbers worth keeping: numeric, finite or NaN, with a known prefix."""
+    out = {}
+    for key, value in result.items():
+        if not key.startswith(METRIC_PREFIXES) or isinstance(value, (bool, np.bool_)):
+            continue
+        if isinstance(value, (int, float, np.integer, np.floating)):
+            value = float(value)
+            if math.isfinite(value) or math.isnan(value):
+                out[key] = value
+    return out
+
+
+def step_of(result: Mapping[str, Any]) -> int:
+    epoch = result.get("epoch")
+    if isinstance(epoch, (int, float, np.integer, np.floating)) and math.isfinite(float(epoch)):
+        return int(epoch)
+    return int(result.get("training_iteration") or 0)
+
+
+def param_values(config: Mapping[str, Any]) -> dict[str, str]:
+    return {key: str(value)[:MAX_PARAM] for key, value in flatten(config).items()}
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def log_frontier(client, parent_run_id: str, table: pd.DataFrame, child_ids: Mapping[str, str],
+                 checkpoints: Optional[Mapping[str, str]] = None, title: Optional[str] = None) -> pd.DataFrame:
+    """Log the frontier of ``table`` (the trial table of ``labelmix.platform.results``; a ``pareto``
+    column is computed when missing) to the study's parent run; returns the frontier rows.
+
+    - ``frontier.json`` (``client.log_table``), ``frontier.png`` and ``frontier.html`` on the parent;
+    - tag ``pareto`` = ``true`` / ``false`` on the child runs in ``child_ids`` (trial id -> run id)
+      whose trial is in the table;
+    - for frontier trials with a folder in ``checkpoints`` (trial id -> local folder), that folder as
+      the artifact ``model/`` of the child run.
+    """
+    from labelmix.platform import plots
+
+    table = table if "pareto" in table else with_pareto(table)
+    table = table.copy()
+    table["pareto"] = table["pareto"].fillna(False).astype(bool)
+    frontier = table[table["pareto"]]
+    if COST in frontier:
+        frontier = frontier.sort_values(COST)
+    frontier = frontier.reset_index(drop=True)
+    with tempfile.TemporaryDirectory(prefix="labelmix-frontier-") as tmp:
+        _log_table(client, parent_run_id, _json_safe(frontier), "frontier.json", Path(tmp))
+        plots.frontier_png(table, Path(tmp) / "frontier.png", title=title)
+        plots.frontier_html(table, Path(tmp) / "frontier.html", title=title)
+        client.log_artifact(parent_run_id, str(Path(tmp) / "frontier.png"))
+        client.log_artifact(parent_run_id, str(Path(tmp) / "frontier.html"))
+    on_front = set(frontier["trial_id"]) if "trial_id" in frontier else set()
+    in_table = set(table["trial_id"]) if "trial_id" in table else set()
+    for trial_id, run_id in child_ids.items():
+        if trial_id in in_table:  # a run the table does not know keeps its tag
+            client.set_tag(run_id, "pareto", "true" if trial_id in on_front else "false")
+    client.set_tag(parent_run_id, "labelmix.frontier_size", str(len(frontier)))
+    for trial_id in on_front:
+        folder = (checkpoints or {}).get(trial_id)
+        if trial_id in child_ids and folder and Path(folder).is_dir():
+            client.log_artifacts(child_ids[trial_id], str(folder), "model")
+    return frontier
+
+
+def _log_table(client, run_id: str, frame: pd.DataFrame, name: str, tmp: Path) -> None:
+    """``client.log_table``, replacing the table when it exists (log_table would append the rows:
+    a resumed study would list its frontier twice). The replacement is written in log_table's own
+    format (pandas ``orient="split"``), so the MLflow UI and ``load_table`` read both alike."""
+    if name not in {a.path for a in client.list_artifacts(run_id)}:
+        client.log_table(run_id, frame, name)
+        return
+    path = tmp / name
+    frame.to_json(path, orient="split", index=False, date_format="iso")
+    client.log_artifact(run_id, str(path))
+
+
+def _json_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns log_table can serialise: numpy scalars and objects as plain values."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if frame[column].dtype == object:
+            frame[column] = frame[column].map(lambda v: v if v is None or isinstance(v, (str, int, float, bool)) else str(v))
+    return frame
+
+
+# --- the callback --------------------------------------------------------------------------------
+
+
+class _Writer:
+    """One background thread that applies queued records in order, at most every ``interval_s``."""
+
+    def __init__(self, apply: Callable[[list], None], interval_s: float) -> None:
+        self._apply = apply
+        self.interval_s = interval_s
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+
+    def put(self, record: tuple) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="labelmix-mlflow", daemon=True)
+                self._thread.start()
+        self._queue.put(record)
+
+    def flush(self, timeout_s: Optional[float] = None) -> bool:
+        """Wait until everything queued so far is written; False on timeout."""
+        if self._thread is None or not self._thread.is_alive():
+            return True
+        done = threading.Event()
+        self._queue.put(("_flush", done))
+        return done.wait(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            records = [self._queue.get()]
+            deadline = time.monotonic() + self.interval_s
+            while records[-1][0] != "_flush":
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    records.append(self._queue.get(timeout=left))
+                except queue.Empty:
+                    break
+            flushes = [r[1] for r in records if r[0] == "_flush"]
+            try:
+                self._apply([r for r in records if r[0] != "_flush"])
+            except Exception:  # never kill the thread: the study goes on, the log says what was lost
+                log.exception("MLflow logging failed; some records were not written")
+            for event in flushes:
+                event.set()
+
+
+class MlflowTracking(Callback):
+    """Mirror a Tune study into MLflow from the driver (see the module docstring).
+
+    ``config_of(trial)`` gives the trial's decoded config (a nested dict; default: ``trial.config``);
+    ``tags`` go on the parent run. ``open()`` creates or finds the parent run; it is called by
+    ``setup`` or the first hook when not called before (call it before Ray starts to fail early).
+    """
+
+    def __init__(self, uri: str, experiment: str, study_name: str, spec_text: str, tags: Mapping[str, str] | None,
+                 study_dir: Path, config_of: Optional[Callable[[Any], Mapping[str, Any]]] = None,
+                 flush_s: float = 2.0) -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.study_name = study_name
+        self.spec_text = spec_text
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        self.study_dir = Path(study_dir)
+        self.config_of = config_of
+        self.flush_s = flush_s
+        self.experiment_id: Optional[str] = None
+        self.parent_id: Optional[str] = None
+        self.child_ids: dict[str, str] = {}
+        self.rows: dict[str, dict[str, Any]] = {}  # trial table: trial_id, status, metrics, config/...
+        self.checkpoints: dict[str, Any] = {}  # trial id -> latest ray.tune.Checkpoint
+        self.hook_seconds = 0.0  # time spent inside the hooks (on Tune's driver loop)
+        self._client = None
+        self._writer: Optional[_Writer] = None
+        self._known_params: dict[str, set] = {}  # writer thread only
+        self._started: set[str] = set()  # trials whose child run was queued in this session
+        self.failures = 0  # consecutive write failures; MAX_FAILURES of them disable logging
+        self.disabled = False
+
+    # Tune pickles its RunConfig, callbacks included, into tuner.pkl: keep the settings, drop the
+    # thread and the client (rebuilt lazily after unpickling).
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.update(_client=None, _writer=None, checkpoints={}, _started=set(), rows={})
+        return state
+
+    # ---- setup: experiment, parent run, existing children
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def open(self) -> str:
+        """Find or create the study's parent run (and its existing children); returns its id."""
+        if self._writer is not None and self.parent_id is not None:
+            return self.parent_id
+        client = self.client
+        self.experiment_id = experiment_id(client, self.experiment, self.uri)
+        saved = self._read_runs_file()
+        parent = self._saved_parent(saved) or self._search_parent()
+        if parent is None:
+            self.parent_id = self._create_parent()
+        else:
+            self.parent_id = parent.info.run_id
+            if parent.info.status != "RUNNING":
+                client.update_run(self.parent_id, status="RUNNING")
+        children = dict(saved.get("children", {})) if saved.get("parent") == self.parent_id else {}
+        children.update(self._search_children())
+        self.child_ids.update(children)
+        self._writer = _Writer(self._apply, self.flush_s)
+        self._write_runs_file()
+        return self.parent_id
+
+    def _create_parent(self) -> str:
+        from labelmix.platform.spec import spec_hash
+
+        tags = {
+            TAG_STUDY: self.study_name, TAG_ROLE: "study", "labelmix.spec_hash": spec_hash(self.spec_text),
+            "labelmix.code_version": code_version(), **self.tags,
+        }
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.study_name)
+        self.client.log_text(run.info.run_id, self.spec_text, "spec.yaml")
+        return run.info.run_id
+
+    def _saved_parent(self, saved: Mapping[str, Any]):
+        """The parent run named in mlflow_runs.json, if it is on this server and still ours."""
+        from mlflow.exceptions import MlflowException
+
+        if saved.get("uri") != self.uri or not saved.get("parent"):
+            return None
+        try:
+            run = self.client.get_run(saved["parent"])
+        except MlflowException:
+            return None
+        ok = (run.info.lifecycle_stage == "active" and run.info.experiment_id == self.experiment_id
+              and run.data.tags.get(TAG_STUDY) == self.study_name)
+        return run if ok else None
+
+    def _search_parent(self):
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.`{TAG_STUDY}` = '{self.study_name}' and tags.`{TAG_ROLE}` = 'study'",
+            order_by=["attributes.start_time ASC"], max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def _search_children(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for run in search_all(self.client, [self.experiment_id], f"tags.`{TAG_PARENT}` = '{self.parent_id}'",
+                              order_by=["attributes.start_time ASC"]):
+            trial_id = run.data.tags.get(TAG_TRIAL)
+            if trial_id and trial_id not in found:  # the oldest one wins, should a duplicate ever exist
+                found[trial_id] = run.info.run_id
+                self._known_params[trial_id] = set(run.data.params)
+        return found
+
+    def _read_runs_file(self) -> dict:
+        try:
+            data = json.loads((self.study_dir / RUNS_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_runs_file(self) -> None:
+        record = {"uri": self.uri, "experiment": self.experiment, "experiment_id": self.experiment_id,
+                  "study": self.study_name, "parent": self.parent_id, "children": dict(self.child_ids)}
+        self.study_dir.mkdir(parents=True, exist_ok=True)
+        path = self.study_dir / RUNS_FILE
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+    def _ensure_open(self) -> None:
+        if self._writer is None:
+            self.open()
+
+    # ---- Tune hooks: record, queue, return
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        self._ensure_open()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        started = time.perf_counter()
+        self._ensure_open()
+        row = self._row(trial)
+        row["status"] = "RUNNING"
+        self._started.add(trial.trial_id)
+        params = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
+        self._writer.put(("start", trial.trial_id, {k: str(v)[:MAX_PARAM] for k, v in params.items()}))
+        self.hook_seconds += time.perf_counter() - started
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        started = time.perf_counter()
+        self._ensure_open()
+        if trial.trial_id not in self._started:
+            self.on_trial_start(iteration, trials, trial)  # a result before any start in this session
+        values = metric_values(result)
+        self._row(trial).update(values)
+        self._writer.put(("metrics", trial.trial_id, values, step_of(result), int(time.time() * 1000)))
+        self.hook_seconds += time.perf_counter() - started
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self.checkpoints[trial.trial_id] = checkpoint
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "TERMINATED", "FINISHED", None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = None
+        try:
+            if trial.error_file and Path(trial.error_file).is_file():
+                error = Path(trial.error_file).read_text(errors="replace")
+        except (AttributeError, OSError):
+            pass
+        self._end(trial, "ERROR", "FAILED", (error or "trial failed (no error file)")[-MAX_TAG:])
+
+    def _end(self, trial, tune_status: str, status: str, error: Optional[str]) -> None:
+        started = time.perf_counter()
+        self._ensure_open()
+        row = self._row(trial)
+        row["status"] = tune_status
+        if error:
+            row["error"] = error
+        self._writer.put(("end", trial.trial_id, status, error))
+        self.hook_seconds += time.perf_counter() - started
+
+    def on_experiment_end(self, trials, **info):
+        self._ensure_open()
+        self.flush()
+        if self.disabled:
+            return
+        for trial in trials:  # trials finished in an earlier session, restored by Tune
+            row = self._row(trial)
+            if row.get("status") in (None, "PENDING"):
+                row.update(metric_values(getattr(trial, "last_result", None) or {}))
+                row["status"] = trial.status
+        table = self.table()
+        try:
+            with tempfile.TemporaryDirectory(prefix="labelmix-models-") as tmp:
+                checkpoints = self._frontier_checkpoints(table, {t.trial_id: t for t in trials}, Path(tmp))
+                log_frontier(self.client, self.parent_id, table, dict(self.child_ids), checkpoints, title=self.study_name)
+            done = all(t.status in ("TERMINATED", "ERROR") for t in trials)
+            self.client.set_terminated(self.parent_id, "FINISHED" if done else "KILLED")
+        except Exception:  # the study itself succeeded; say what is missing in MLflow, do not fail it
+            log.exception("could not log the frontier to MLflow run %s", self.parent_id)
+
+    def _frontier_checkpoints(self, table: pd.DataFrame, trials: Mapping[str, Any], scratch: Path) -> dict[str, str]:
+        """trial id -> local checkpoint folder, for frontier trials whose model MLflow lacks or that
+        checkpointed in this session (a model logged in an earlier session is not uploaded again)."""
+        folders = {}
+        for trial_id in table.loc[table["pareto"], "trial_id"] if len(table) else []:
+            run_id = self.child_ids.get(trial_id)
+            if run_id is None:
+                continue
+            if trial_id not in self.checkpoints and self.client.list_artifacts(run_id, "model"):
+                continue
+            folder = self._checkpoint_folder(trial_id, trials.get(trial_id), scratch / trial_id)
+            if folder:
+                folders[trial_id] = folder
+        return folders
+
+    def flush(self, timeout_s: Optional[float] = None) -> bool:
+        return self._writer.flush(timeout_s) if self._writer is not None else True
+
+    # ---- the table (for the frontier)
+    def _row(self, trial) -> dict[str, Any]:
+        if trial.trial_id not in self.rows:
+            try:
+                config = self.config_of(trial) if self.config_of else dict(trial.config)
+                config = flatten(config, "config/")
+            except Exception as exc:  # the trial fails validation itself; keep its row
+                config = {"config/error": str(exc)[:MAX_PARAM]}
+            self.rows[trial.trial_id] = {"trial_id": trial.trial_id, "status": "PENDING", **config}
+        return self.rows[trial.trial_id]
+
+    def table(self) -> pd.DataFrame:
+        """The trial table as ``labelmix.platform.results`` has it, with the ``pareto`` column."""
+        frame = pd.DataFrame(list(self.rows.values()))
+        if frame.empty:
+            frame = pd.DataFrame(columns=["trial_id", "status"])
+        return with_pareto(frame)
+
+    def _checkpoint_folder(self, trial_id: str, trial, scratch: Path) -> Optional[str]:
+        """A local folder with the trial's last checkpoint (state.pt), copied down when remote."""
+        checkpoint = self.checkpoints.get(trial_id)
+        if checkpoint is None and trial is not None:
+            try:
+                checkpoint = trial.checkpoint
+            except AttributeError:
+                checkpoint = None
+        if checkpoint is not None:
+            try:
+                import pyarrow.fs
+
+                if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+                    return checkpoint.path if Path(checkpoint.path).is_dir() else None
+                return checkpoint.to_directory(str(scratch))
+            except Exception:
+                log.exception("could not read the checkpoint of trial %s", trial_id)
+                return None
+        try:
+            trial_path = Path(trial.path) if trial is not None and trial.path else None
+        except AttributeError:  # a stub trial without storage
+            trial_path = None
+        if trial_path is None or not trial_path.is_dir():
+            return None
+        folders = sorted(trial_path.glob("checkpoint_*"))
+        return str(folders[-1]) if folders else None
+
+    # ---- the writer thread
+    def _apply(self, records: list) -> None:
+        """Write queued records in order; metrics of one trial are batched until its next other record."""
+        from mlflow.entities import Metric
+
+        pending: dict[str, list] = {}
+
+        def write_metrics(trial_id: str) -> None:
+            metrics = pending.pop(trial_id, [])
+            run_id = self.child_ids.get(trial_id)
+            if run_id is None or not metrics:
+                return
+            for chunk in _chunks(metrics, BATCH_METRICS):
+                self.client.log_batch(run_id, metrics=chunk)
+
+        if self.disabled:
+            return
+        for record in records:
+            kind, trial_id = record[0], record[1]
+            if self.disabled:
+                return
+            try:
+                if kind == "metrics":
+                    _, _, values, step, stamp = record
+                    pending.setdefault(trial_id, []).extend(Metric(k, v, stamp, step) for k, v in values.items())
+                    continue
+                write_metrics(trial_id)
+                if kind == "start":
+                    self._start_child(trial_id, record[2])
+                elif kind == "end":
+                    self._end_child(trial_id, record[2], record[3])
+                self.failures = 0
+            except Exception:
+                self._failed(f"{kind} of trial {trial_id}")
+        for trial_id in list(pending):
+            if self.disabled:
+                return
+            try:
+                write_metrics(trial_id)
+                self.failures = 0
+            except Exception:
+                self._failed(f"metrics of trial {trial_id}")
+
+    def _failed(self, what: str) -> None:
+        """A failed write is logged; after MAX_FAILURES in a row the server is taken to be gone and
+        the rest is dropped (each request would otherwise wait out MLflow's retries)."""
+        self.failures += 1
+        log.exception("MLflow (%s): could not write %s", self.uri, what)
+        if self.failures >= MAX_FAILURES:
+            self.disabled = True
+            log.error("MLflow (%s): %d writes failed in a row; tracking is off for the rest of this study "
+                      "(the study folder still has every trial: trials.parquet)", self.uri, self.failures)
+
+    def _start_child(self, trial_id: str, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        client = self.client
+        run_id = self.child_ids.get(trial_id)
+        if run_id is None:
+            tags = {TAG_PARENT: self.parent_id, TAG_TRIAL: trial_id, TAG_STUDY: self.study_name}
+            run_id = client.create_run(self.experiment_id, tags=tags, run_name=trial_id).info.run_id
+            self.child_ids[trial_id] = run_id
+            self._known_params[trial_id] = set()
+            self._write_runs_file()
+        else:
+            client.update_run(run_id, status="RUNNING")
+            if trial_id not in self._known_params:
+                self._known_params[trial_id] = set(client.get_run(run_id).data.params)
+        known = self._known_params[trial_id]
+        new = [Param(k, v) for k, v in params.items() if k not in known]  # params are write-once
+        for chunk in _chunks(new, BATCH_PARAMS):
+            client.log_batch(run_id, params=chunk)
+        known.update(p.key for p in new)
+
+    def _end_child(self, trial_id: str, status: str, error: Optional[str]) -> None:
+        run_id = self.child_ids.get(trial_id)
+        if run_id is None:
+            return
+        if error:
+            self.client.set_tag(run_id, "labelmix.error", error)
+        self.client.set_terminated(run_id, status)
+
+
+def search_all(client, experiment_ids: list[str], filter_string: str, order_by: Optional[list[str]] = None) -> list:
+    """Every run matching the filter (search_runs pages through 1000 at a time)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, order_by=order_by, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _is_loopback(host: str) -> bool:
+    from labelmix.mlflow_server import is_loopback
+
+    return is_loopback(host)

@@ -1,0 +1,97 @@
+"""Integration: real Ray, real files. A 4-trial study runs; a study whose driver is killed resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+SPEC = {
+    "name": "tiny",
+    "dataset": {"synthetic": {"volumes": 5, "slices": 4, "height": 64, "width": 64, "seed": 3}},
+    "objectives": [{"metric": "val/miou", "mode": "max"}, {"metric": "cost/hours", "mode": "min"}],
+    "space": {
+        "mix": {"full": {"uniform": [0.1, 1.0]}, "box": {"uniform": [0, 1]}, "none": {"uniform": [0, 1]}},
+        "ema_decay": {"loguniform": [0.9, 0.999]},
+    },
+    "fixed": {"encoder": "test_resnet", "epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "threads": 1},
+    "search": {"algorithm": "tpe", "trials": 4, "concurrency": 2, "seed": 0},
+    "scheduler": {"type": "none"},
+}
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "labelmix.cli", *args], capture_output=True, text=True, **kw)
+
+
+def write_spec(tmp_path, **changes):
+    spec = {**SPEC, **changes, "storage": {"path": str(tmp_path / "studies")}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_four_trial_study_completes(tmp_path):
+    proc = cli("submit", str(write_spec(tmp_path)), cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    study = tmp_path / "studies" / "tiny"
+    table = pd.read_parquet(study / "trials.parquet")
+    assert len(table) == 4
+    assert set(table["status"]) == {"TERMINATED"}
+    assert (table["epoch"] == 2).all()
+    frontier = pd.read_parquet(study / "frontier.parquet")
+    assert len(frontier) >= 1 and frontier["pareto"].all()
+    assert (study / "spec.yaml").is_file()
+    assert "Frontier (annotation hours vs val/miou)" in proc.stdout
+    assert "frontier" in proc.stdout and "finished" in proc.stdout  # the progress line
+
+
+def _terminated(study: Path) -> pd.DataFrame:
+    try:
+        table = pd.read_parquet(study / "trials.parquet")
+    except (FileNotFoundError, OSError, ValueError):
+        return pd.DataFrame()
+    return table[table["status"] == "TERMINATED"] if len(table) else table
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    spec = write_spec(tmp_path, search={"algorithm": "tpe", "trials": 4, "concurrency": 1, "seed": 0},
+                      fixed={**SPEC["fixed"], "epochs": 3, "steps_per_epoch": 4})
+    study = tmp_path / "studies" / "tiny"
+    driver = subprocess.Popen([sys.executable, "-m", "labelmix.cli", "submit", str(spec)], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_terminated(study)) < 1:
+        time.sleep(0.5)
+    done_before = _terminated(study)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert 1 <= len(done_before) < 4, "the driver must be killed mid-study"
+
+    proc = cli("resume", str(study), cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = pd.read_parquet(study / "trials.parquet")
+    assert len(table) == 4 and set(table["status"]) == {"TERMINATED"}
+    # finished trials were not rerun: same end time, and Tune's result log holds one line per epoch
+    after = table.set_index("trial_id").loc[done_before["trial_id"]]
+    assert list(after["ended_at"]) == list(done_before["ended_at"])
+    for trial_id in done_before["trial_id"]:
+        (result_file,) = [p for p in study.glob(f"*{trial_id}*/result.json")]
+        assert len(result_file.read_text().splitlines()) == 3
+
+
+def test_invalid_spec_exits_2_without_starting_ray(tmp_path):
+    bad = dict(SPEC, scheduler={"type": "asha"})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    proc = cli("submit", str(path), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("labelmix: error: ") and "scheduler" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Ray" not in proc.stdout

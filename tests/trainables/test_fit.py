@@ -1,0 +1,113 @@
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from labelmix.errors import UserError
+from labelmix.trainables import fit as fit_module
+from labelmix.trainables.config import load_config
+from labelmix.trainables.fit import NonFiniteLossError, fit
+
+
+def tiny(tmp_path, **overrides):
+    values = {
+        "dataset": {"synthetic": {"volumes": 5, "slices": 4, "height": 64, "width": 64, "seed": 1}},
+        "mix": {"full": 0.25, "box": 0.25, "global": 0.25, "none": 0.25},
+        "encoder": "test_resnet",
+        "epochs": 2,
+        "batch_size": 4,
+        "steps_per_epoch": 2,
+        "threads": 1,
+        "pseudo_rampup": 0.0,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    values.update(overrides)
+    return load_config(values)
+
+
+def test_fit_reports_every_epoch_with_design_names(tmp_path):
+    seen = []
+    final = fit(tiny(tmp_path), lambda metrics, ckpt: seen.append((dict(metrics), ckpt)))
+    assert [m["epoch"] for m, _ in seen] == [1.0, 2.0]
+    first = seen[0][0]
+    for key in ("train/loss", "val/miou", "val/miou_bg", "val/iou/IRF", "val/dice/SRF", "val/student/miou",
+                "val/teacher/miou", "cost/hours", "cost/reduction", "labels/full", "labels/box"):
+        assert key in first, key
+    assert "test/miou" in final and "test/miou" not in first  # the test split is scored once, at the end
+    # all four terms were active: every annotation type is present
+    assert {"train/full", "train/box", "train/global", "train/pseudo"} <= set(first)
+    assert math.isfinite(first["train/loss"])
+    assert all(ckpt for _, ckpt in seen)
+
+
+def test_resumed_run_ends_with_the_same_metrics(tmp_path):
+    config = tiny(tmp_path, epochs=3)
+    uninterrupted = fit(config, lambda m, c: None)
+
+    saved = tmp_path / "after-epoch-1"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(metrics, checkpoint_dir):
+        shutil.copytree(checkpoint_dir, saved)
+        raise Stop
+
+    with pytest.raises(Stop):
+        fit(config, stop_after_first)
+    resumed = fit(config, lambda m, c: None, resume_from=str(saved))
+    keys = [k for k in uninterrupted if not k.startswith("time/")]
+    assert keys == [k for k in resumed if not k.startswith("time/")]
+    for key in keys:
+        a, b = uninterrupted[key], resumed[key]
+        assert (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-6, (key, a, b)
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    saved = {}
+    fit(tiny(tmp_path, epochs=1), lambda m, c: saved.setdefault("dir", shutil.copytree(c, tmp_path / "ck")))
+    with pytest.raises(UserError, match="different config"):
+        fit(tiny(tmp_path, epochs=1, lr=0.5), lambda m, c: None, resume_from=str(saved["dir"]))
+
+
+def test_non_finite_loss_stops_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(fit_module.losses, "cross_entropy", lambda logits, mask: logits.sum() * float("nan"))
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 1"):
+        fit(tiny(tmp_path, mix={"full": 1.0}), lambda m, c: None)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"encoder": "resnet_does_not_exist"}, "encoder"),
+        ({"ds_depth": 9}, "ds_depth"),
+        ({"box_weight": -1.0}, "box_weight"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"ema_decay": 0.0}, "ema_decay"),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path, override, field):
+    with pytest.raises(UserError, match=rf"^{field}: "):
+        fit(tiny(tmp_path, **override), lambda m, c: None)
+
+
+def test_train_cli_bad_config_exits_2_without_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"ema_decay": 1.5}))
+    proc = subprocess.run([sys.executable, "-m", "labelmix.cli", "train", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"labelmix: error: {path}: ema_decay: must be in the open interval (0, 1) (got 1.5)"
+
+
+def test_train_cli_runs_and_writes_final_metrics(tmp_path):
+    path = tmp_path / "ok.yaml"
+    cfg = tiny(tmp_path, epochs=1).model_dump(mode="json", by_alias=True)
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "labelmix.cli", "train", str(path), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "final_metrics.json").is_file() and (out / "checkpoint" / "state.pt").is_file()
