@@ -182,7 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from labelmix.platform.commands import register as register_platform
 
+    from labelmix.mlflow_server.commands import register as register_server
+    from labelmix.platform.browse import register as register_browse
+
     register_platform(sub)
+    register_server(sub)
+    register_browse(sub)
     return parser
 
 

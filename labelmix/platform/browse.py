@@ -4,6 +4,9 @@
 no Ray): the study is the parent run (``labelmix.role=study``) of an experiment, the trials its child
 runs. Only FINISHED trials count; the frontier is ``pareto_mask`` over (``cost/hours`` min,
 ``val/miou`` max), the recommendation ``frontier.recommend`` under the budget.
+
+The CLI imports this module to build its parser, so the module itself imports only the standard
+library; MLflow, pandas and the tracking module (which imports Ray) load when a command runs.
 """
 
 from __future__ import annotations
@@ -13,18 +16,19 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import urlsplit
 
-import numpy as np
-import pandas as pd
-
 from labelmix.errors import UserError
-from labelmix.platform.frontier import pareto_mask, recommend
-from labelmix.platform.results import COST, SCORE, format_frontier
-from labelmix.platform.tracking import RUNS_FILE, TAG_PARENT, TAG_ROLE, TAG_STUDY, TAG_TRIAL, check_reachable, search_all
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 FORMATS = ("table", "csv", "json", "parquet")
+COST, SCORE = "cost/hours", "val/miou"  # the names of labelmix.platform.results
+RUNS_FILE = "mlflow_runs.json"  # labelmix.platform.tracking.RUNS_FILE
+TAG_STUDY, TAG_ROLE, TAG_TRIAL, TAG_PARENT = "labelmix.study", "labelmix.role", "labelmix.trial_id", "mlflow.parentRunId"
 
 
 # --- finding the study ----------------------------------------------------------------------------
@@ -33,6 +37,8 @@ FORMATS = ("table", "csv", "json", "parquet")
 def open_store(uri: str):
     """An MlflowClient for ``uri``, after checking that there is something to read there."""
     from mlflow import MlflowClient
+
+    from labelmix.platform.tracking import check_reachable
 
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///"):]
@@ -58,6 +64,8 @@ def find_study_run(client, experiment, study: Optional[str] = None):
     condition = f"tags.`{TAG_ROLE}` = 'study'"
     if study:
         condition += f" and tags.`{TAG_STUDY}` = '{study}'"
+    from labelmix.platform.tracking import search_all
+
     runs = client.search_runs([experiment.experiment_id], condition, order_by=["attributes.start_time DESC"],
                               max_results=1)
     if runs:
@@ -84,6 +92,10 @@ def parse_param(text: str) -> Any:
 
 def trials_table(client, experiment_id: str, parent_id: str) -> pd.DataFrame:
     """One row per child run: trial_id, run_id, status (MLflow's), last metrics, config/<param>."""
+    import pandas as pd
+
+    from labelmix.platform.tracking import search_all
+
     rows = []
     for run in search_all(client, [experiment_id], f"tags.`{TAG_PARENT}` = '{parent_id}'",
                           order_by=["attributes.start_time ASC"]):
@@ -102,6 +114,9 @@ def trials_table(client, experiment_id: str, parent_id: str) -> pd.DataFrame:
 
 def _objectives(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """cost and score with NaN for trials that did not finish (never on the front, never recommended)."""
+    import numpy as np
+    import pandas as pd
+
     if table.empty or COST not in table or SCORE not in table:
         return np.full(len(table), np.nan), np.full(len(table), np.nan)
     finished = (table["status"] == "FINISHED").to_numpy()
@@ -111,6 +126,9 @@ def _objectives(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def with_frontier(table: pd.DataFrame) -> pd.DataFrame:
+    """Adds ``pareto``: FINISHED trials not dominated in (cost/hours min, val/miou max)."""
+    from labelmix.platform.frontier import pareto_mask
+
     table = table.copy()
     table["pareto"] = pareto_mask(*_objectives(table))
     return table
@@ -123,6 +141,8 @@ def frontier(table: pd.DataFrame) -> pd.DataFrame:
 
 def recommend_trial(table: pd.DataFrame, budget_hours: float) -> Optional[pd.Series]:
     """The best FINISHED trial whose cost/hours fits the budget, or None."""
+    from labelmix.platform.frontier import recommend
+
     index = recommend(*_objectives(table), budget_hours)
     return None if index is None else table.iloc[index]
 
@@ -164,6 +184,8 @@ def _locate(args):
 def cmd_frontier(args) -> int:
     if args.format == "parquet" and not args.out:
         raise UserError("--format parquet writes a binary file: give --out FILE")
+    from labelmix.platform.results import format_frontier
+
     client, uri, experiment, parent = _locate(args)
     study = parent.data.tags.get(TAG_STUDY, parent.info.run_name)
     table = trials_table(client, experiment.experiment_id, parent.info.run_id)
@@ -205,6 +227,8 @@ def cmd_recommend(args) -> int:
     table = trials_table(client, experiment.experiment_id, parent.info.run_id)
     best = recommend_trial(table, budget)
     if best is None:
+        import numpy as np
+
         cost, score = _objectives(table)
         valid = np.isfinite(cost) & np.isfinite(score)
         if not valid.any():
@@ -216,22 +240,24 @@ def cmd_recommend(args) -> int:
         return 1
     print(format_recommendation(best, budget, study))
     url = run_url(uri, experiment.experiment_id, best["run_id"])
-    print(f"  MLflow run    {url or best['run_id']}")
+    print(f"  MLflow run      {url or best['run_id']}")
     return 0
 
 
 def format_recommendation(row: pd.Series, budget: float, study: str) -> str:
+    import pandas as pd
+
     from labelmix.platform.plots import mix_label
 
     lines = [
         f"study {study}: best finished trial within {budget:g} annotation hours: {row['trial_id']}",
-        f"  mix           {mix_label(row)}  (full masks, boxes, global labels, unlabeled)",
-        f"  {SCORE:<13} {float(row[SCORE]):.4f}",
-        f"  {COST:<13} {float(row[COST]):.2f}",
+        f"  mix             {mix_label(row)}  (full masks, boxes, global labels, unlabeled)",
+        f"  {SCORE:<15} {float(row[SCORE]):.4f}",
+        f"  {COST:<15} {float(row[COST]):.2f}",
     ]
     for extra in ("test/miou", "cost/reduction"):
         if extra in row and pd.notna(row[extra]):
-            lines.append(f"  {extra:<13} {float(row[extra]):.4f}")
+            lines.append(f"  {extra:<15} {float(row[extra]):.4f}")
     config = [(k.removeprefix("config/"), v) for k, v in row.items() if k.startswith("config/") and _present(v)]
     if config:
         lines.append("  config:")

@@ -36,6 +36,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 from urllib.parse import urlsplit
@@ -45,14 +46,14 @@ import pandas as pd
 from ray.tune import Callback
 
 from labelmix.errors import UserError
-from labelmix.platform.results import COST, SCORE, flatten, with_pareto
+from labelmix.platform.results import COST, flatten, with_pareto
 
 log = logging.getLogger(__name__)
 
 RUNS_FILE = "mlflow_runs.json"
 METRIC_PREFIXES = ("val/", "test/", "cost/", "labels/", "train/", "time/", "epoch")
 TAG_STUDY, TAG_ROLE, TAG_TRIAL = "labelmix.study", "labelmix.role", "labelmix.trial_id"
-TAG_PARENT = "mlflow.parentRunId"
+TAG_PARENT, TAG_ERROR = "mlflow.parentRunId", "labelmix.error"
 MAX_TAG = 8000  # MLflow's limit on a tag value (MAX_TAG_VAL_LENGTH)
 MAX_PARAM = 6000  # MAX_PARAM_VAL_LENGTH
 BATCH_METRICS = 1000  # MAX_METRICS_PER_BATCH
@@ -72,7 +73,8 @@ def resolve_tracking_uri(cli_uri: str | None, spec: Any, study_dir: Path) -> str
     return f"sqlite:///{Path(study_dir).expanduser().resolve() / 'mlflow.db'}"
 
 
-UNREACHABLE_HINT = "start one with `labelmix server start` or omit --tracking-uri to log into the study folder"
+UNREACHABLE_HINT = ("start one with `labelmix server start`, or leave --tracking-uri (and the spec's tracking.uri, "
+                    "MLFLOW_TRACKING_URI) unset to log into the study folder")
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0, hint: str = UNREACHABLE_HINT) -> None:
@@ -329,10 +331,20 @@ class MlflowTracking(Callback):
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
+    @property
+    def run_url(self) -> Optional[str]:
+        """The study run's page in the MLflow UI (servers only)."""
+        if self.parent_id is None or urlsplit(self.uri).scheme.lower() not in ("http", "https"):
+            return None
+        return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.parent_id}"
+
     def open(self) -> str:
         """Find or create the study's parent run (and its existing children); returns its id."""
         if self._writer is not None and self.parent_id is not None:
             return self.parent_id
+        # MLflow 3 prints two "View run at" lines whenever a run on a server ends: hundreds of lines
+        # in a study, all links to child runs. The study's own link is printed once instead.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         client = self.client
         self.experiment_id = experiment_id(client, self.experiment, self.uri)
         saved = self._read_runs_file()
@@ -608,10 +620,14 @@ class MlflowTracking(Callback):
             self.child_ids[trial_id] = run_id
             self._known_params[trial_id] = set()
             self._write_runs_file()
-        else:
+        else:  # a resumed or retried trial: the same run again
+            run = client.get_run(run_id)
             client.update_run(run_id, status="RUNNING")
-            if trial_id not in self._known_params:
-                self._known_params[trial_id] = set(client.get_run(run_id).data.params)
+            self._known_params[trial_id] = set(run.data.params)
+            error = run.data.tags.get(TAG_ERROR)
+            if error:  # a run that finishes after a retry must not read as failed
+                client.set_tag(run_id, "labelmix.previous_error", error)
+                client.delete_tag(run_id, TAG_ERROR)
         known = self._known_params[trial_id]
         new = [Param(k, v) for k, v in params.items() if k not in known]  # params are write-once
         for chunk in _chunks(new, BATCH_PARAMS):
@@ -623,8 +639,29 @@ class MlflowTracking(Callback):
         if run_id is None:
             return
         if error:
-            self.client.set_tag(run_id, "labelmix.error", error)
+            self.client.set_tag(run_id, TAG_ERROR, error)
         self.client.set_terminated(run_id, status)
+
+
+def study_tracking(spec: Any, source_text: str, directory: Path, cli_uri: Optional[str] = None,
+                   tags: Optional[Mapping[str, str]] = None) -> MlflowTracking:
+    """The tracking callback of a study, ready before Ray starts: URI resolved (``resolve_tracking_uri``)
+    and checked (``check_reachable``), parent run found or created. Trial params are the decoded trial
+    configs (``labelmix.platform.space.trial_config``)."""
+    uri = resolve_tracking_uri(cli_uri, spec, directory)
+    check_reachable(uri)
+    tracking = MlflowTracking(uri, spec.tracking.experiment or spec.name, spec.name, source_text, tags, directory,
+                              config_of=partial(decoded_config, spec))
+    tracking.open()
+    print(f"[{spec.name}] MLflow: {tracking.run_url or uri} (experiment {tracking.experiment!r})", flush=True)
+    return tracking
+
+
+def decoded_config(spec: Any, trial) -> dict[str, Any]:
+    """What the trial trains with: fixed settings, dataset, cost and the decoded sampled values."""
+    from labelmix.platform.space import trial_config
+
+    return trial_config(spec, trial.config)
 
 
 def search_all(client, experiment_ids: list[str], filter_string: str, order_by: Optional[list[str]] = None) -> list:
