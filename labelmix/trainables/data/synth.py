@@ -20,7 +20,10 @@ A B-scan is rendered in display units (0 black .. 1 white, i.e. after OCT's log 
    dark nuclear layers, bright ellipsoid zone and RPE), choroid texture is added, vessels and their
    shadows are drawn, and fluid pixels take the fluid brightness. The mask is the same geometry, so
    every fluid pixel drawn is labelled and nothing else is.
-3. Multiplicative speckle (gamma distributed, i.e. additive in log units) and slight blur.
+3. Acquisition: slight blur, vessel shadows, column gain, and strong multiplicative speckle (a
+   gamma field smoothed to grains of about a pixel, additive after the log). Speckle strength and
+   fluid brightness vary between volumes, so fluid is always darker than its surroundings but its
+   edges are noisy: a small U-Net learns the task without solving it perfectly.
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ BACKGROUND, IRF, SRF, PED = 0, 1, 2, 3
 # the RPE), so the order only matters if the geometry changes.
 _PAINT_ORDER = (IRF, SRF, PED)
 
-# Share of volumes that carry each fluid type (a volume may carry several). Together with the
-# extents below this gives about half of all B-scans without fluid, IRF the most frequent class,
-# SRF next, PED the rarest (see the module tests for the measured numbers).
+# Share of volumes that carry each fluid type (a volume may carry several). With the extents
+# sampled in _Volume, the defaults (seed 0, 200 volumes x 32 slices) give B-scans with IRF 38%,
+# SRF 19%, PED 8.5%, no fluid 52%; a class present in a B-scan is present in a neighbour ~93% of
+# the time.
 _P_IRF, _P_SRF, _P_PED = 0.7, 0.45, 0.25
 
 # Brightness profile along the layer coordinate L: 0 = ILM, 1 = OPL/ONL border, 2 = photoreceptor
@@ -348,9 +352,11 @@ def save_montage(
         axes[r, 2 * c].imshow(gray, interpolation="nearest")
         axes[r, 2 * c].set_title(title, fontsize=8)
         axes[r, 2 * c + 1].imshow(overlay, interpolation="nearest")
-        axes[r, 2 * c + 1].set_title(", ".join(present) or "no fluid", fontsize=8)
-    handles = [Patch(facecolor=colors[j], edgecolor="black", label=name) for j, name in enumerate(class_names) if j > 0]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+        nothing = "no fluid" if tuple(class_names) == SYNTH_CLASSES else f"{class_names[0]} only"
+        axes[r, 2 * c + 1].set_title(", ".join(present) or nothing, fontsize=8)
+    handles = [Patch(facecolor="none", edgecolor="black", label=f"{class_names[0]} (no overlay)")]
+    handles += [Patch(facecolor=colors[j], edgecolor="black", label=name) for j, name in enumerate(class_names) if j > 0]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=10, frameon=False)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.95, bottom=0.6 / fig.get_figheight() + 0.02, wspace=0.04, hspace=0.18)
     fig.savefig(os.fspath(path), format="png")
 
