@@ -85,6 +85,8 @@ class TrainConfig(_Strict):
     encoder: str = "resnet18"  # any timm name with features_only, or "unet"
     pretrained: bool = False  # weights from the timm hub: off by default (no hub access here)
     decoder_channels: Optional[tuple[int, ...]] = None  # None: derived from the encoder's feature_info
+    decoder_scale: float = Field(0.5, gt=0)  # x the derived widths: 0.5 halves the decoder's cost on CPU
+    unet_base_channels: int = Field(64, ge=1)  # first block width of encoder "unet" (64 in the authors' code)
     # deep supervision (METHOD.md "Losses")
     ds_type: Literal["none", "standard", "multi_label"] = "multi_label"
     ds_depth: int | Literal["max"] = "max"  # supervised decoder levels from the full-resolution end
@@ -97,6 +99,7 @@ class TrainConfig(_Strict):
     box_mil_weight: float = Field(1.0, ge=0)
     # teacher and pseudo-labels
     ema_decay: float = 0.99
+    ema_warmup: bool = True  # timm's warm-up: decay min(ema_decay, 1 - (1 + step)^(-2/3)), so short runs' teachers keep up
     pseudo_weight: float = Field(1.0, ge=0)
     pseudo_threshold: float = Field(0.0, ge=0, le=1)
     pseudo_rampup: float = Field(0.3, ge=0, le=1)  # fraction of all steps for the sigmoid ramp-up

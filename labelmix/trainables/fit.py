@@ -93,6 +93,7 @@ def build_run(config: TrainConfig) -> Run:
     student = build_model(
         config.encoder, store.num_classes, in_chans=1, ds_depth=depth,
         pretrained=config.pretrained, decoder_channels=config.decoder_channels,
+        decoder_scale=config.decoder_scale, unet_base_channels=config.unet_base_channels,
     ).to(device)
     level_weights = config.ds_level_weights or (1.0,) * depth
     if len(level_weights) != depth:
@@ -109,7 +110,7 @@ def build_run(config: TrainConfig) -> Run:
         cost_metrics=cost.metrics(),
         class_names=store.class_names,
         student=student,
-        teacher=make_teacher(student, config.ema_decay),
+        teacher=make_teacher(student, config.ema_decay, warmup=config.ema_warmup),
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, config.epochs * steps)),
         level_weights=tuple(config.ds_weight * w for w in level_weights),

@@ -213,13 +213,15 @@ def build_model(
     pretrained: bool = False,
     decoder_channels: tuple[int, ...] | None = None,
     unet_base_channels: int = 64,
+    decoder_scale: float = 1.0,
 ) -> SegmentationNet:
     """Build the network of METHOD.md.
 
     ``decoder_channels``: output width of each decoder stage, coarsest first (one per skip, plus
     one for the full-resolution stage when the finest skip is at stride > 1). Default: each
     stage as wide as the skip it merges; the extra full-resolution stage half the finest skip
-    (at least 16). ``unet_base_channels`` is the first block's width of the "unet" encoder (64
+    (at least 16); ``decoder_scale`` multiplies these default widths (at least 16 each; ignored
+    when ``decoder_channels`` is given). ``unet_base_channels`` is the first block's width of the "unet" encoder (64
     in the authors' code; small values keep tests fast).
     """
     if not isinstance(num_classes, int) or num_classes < 2:
@@ -255,6 +257,9 @@ def build_model(
         widths = list(enc.channels[-2::-1])
         if has_final:
             widths.append(max(enc.channels[0] // 2, 16))
+        if not decoder_scale > 0:
+            raise UserError(f"decoder_scale: must be > 0, got {decoder_scale!r}")
+        widths = [max(16, round(w * decoder_scale)) for w in widths]
     else:
         widths = list(decoder_channels)
         if len(widths) != n_stages or not all(isinstance(c, int) and c >= 1 for c in widths):
