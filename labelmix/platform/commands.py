@@ -1,9 +1,13 @@
-"""CLI subcommands of the platform: spaces, check, submit, resume."""
+"""CLI subcommands of the platform: spaces, check, submit, resume, and status/logs of Ray jobs.
+
+``submit`` and ``resume`` run the study's driver in this process (a local Ray, or ``--address
+auto`` / ``HOST:PORT`` of a cluster this machine is a node of), or, with the Ray Jobs address
+``--address http://HOST:8265``, send it to the cluster as a Ray job (labelmix.platform.cluster).
+"""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from labelmix.errors import UserError
 
@@ -32,11 +36,11 @@ def cmd_check(args) -> int:
 
 def _unique_name(spec, smoke: bool):
     """Studies never overwrite each other: a second run of one spec gets a time suffix."""
-    from labelmix.platform.study import SPEC_FILE, study_dir
+    from labelmix.platform.study import study_exists
 
     name = f"{spec.name}-smoke" if smoke else spec.name
     spec = spec.model_copy(update={"name": name})
-    if (study_dir(spec) / SPEC_FILE).exists():
+    if study_exists(spec):
         spec = spec.model_copy(update={"name": f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"})
     return spec
 
@@ -48,33 +52,110 @@ def _print_result(result) -> None:
     done = int((table["status"] == "TERMINATED").sum()) if len(table) else 0
     print(f"\n{done} of {len(table)} trials finished. Frontier (annotation hours vs val/miou):")
     print(format_frontier(result.frontier))
-    print(f"\nstudy folder: {result.study_dir} (spec.yaml, trials.parquet, frontier.parquet)")
+    print(f"\nstudy folder: {result.location} (spec.yaml, trials.parquet, frontier.parquet)")
+
+
+def _for_cluster_job(spec):
+    """The spec as the job's driver on the head will read it.
+
+    A relative storage path would land in the job's temporary working directory: it is made
+    relative to the home folder on the head instead. A dataset file on this machine's disk is not
+    on the cluster: refused, with the ways to get it there.
+    """
+    from labelmix.platform.cluster import SHARED_ENV, is_shared_path, scheme_of, shared_by_env
+
+    storage = spec.storage.path
+    if not scheme_of(storage) and not storage.startswith(("/", "~")):
+        spec = spec.model_copy(update={"storage": spec.storage.model_copy(update={"path": f"~/{storage}"})})
+    path = spec.dataset.path
+    if path is not None and not scheme_of(path) and not is_shared_path(path) and not shared_by_env():
+        raise UserError(
+            f"dataset.path: {path} is a file on this machine, and the study runs on the cluster; copy it to "
+            f"storage the cluster reads (aws s3 cp {path} s3://BUCKET/data/ and give that URI), or to a shared "
+            f"folder (set {SHARED_ENV}=1 if {path} is one), or submit from the head (`ray attach cluster.yaml`, "
+            "then labelmix submit SPEC --address auto)"
+        )
+    return spec
+
+
+def _print_job(job_id: str, address: str, what: str) -> None:
+    print(f"submitted {what} as Ray job {job_id} to {address}")
+    print(f"  follow it:  labelmix logs {job_id} --address {address} --follow")
+    print(f"  its state:  labelmix status {job_id} --address {address}")
+    print(f"  stop it:    ray job stop {job_id} --address {address}")
 
 
 def cmd_submit(args) -> int:
     import yaml
 
+    from labelmix.platform.cluster import JOB_SPEC_FILE, is_jobs_address, job_entrypoint, job_env, submit_job
     from labelmix.platform.spec import load_spec, smoke_spec
-    from labelmix.platform.study import run_study
 
     spec, _ = load_spec(args.spec)
     if args.smoke:
         spec = smoke_spec(spec)
     if args.storage:
         spec = spec.model_copy(update={"storage": spec.storage.model_copy(update={"path": args.storage})})
+    if is_jobs_address(args.address):
+        # The driver on the head names the study (time suffix if the name is taken there).
+        spec = _for_cluster_job(spec.model_copy(update={"name": f"{spec.name}-smoke" if args.smoke else spec.name}))
+        text = yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False)
+        job_id = submit_job(args.address, job_entrypoint("submit", JOB_SPEC_FILE), files={JOB_SPEC_FILE: text},
+                            env=job_env(), metadata={"labelmix.study": spec.name})
+        _print_job(job_id, args.address, f"study {spec.name!r} (results in {spec.storage.path}/{spec.name} on the cluster)")
+        return 0
+    from labelmix.platform.study import run_study
+
     spec = _unique_name(spec, args.smoke)
     text = yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False)
-    result = run_study(spec, text, address=args.address)
+    result = run_study(spec, text, address=args.address, tracking_uri=args.tracking_uri)
     _print_result(result)
     return 0
 
 
 def cmd_resume(args) -> int:
+    from labelmix.platform.cluster import is_jobs_address, job_entrypoint, job_env, submit_job
+
+    if is_jobs_address(args.address):
+        job_id = submit_job(args.address, job_entrypoint("resume", args.study_dir), env=job_env(),
+                            metadata={"labelmix.resume": args.study_dir})
+        _print_job(job_id, args.address, f"the resume of {args.study_dir} (a folder on the cluster)")
+        return 0
     from labelmix.platform.study import resume_study
 
-    result = resume_study(Path(args.study_dir), address=args.address)
+    result = resume_study(args.study_dir, address=args.address)
     _print_result(result)
     return 0
+
+
+def _jobs_address(address: str | None) -> str:
+    import os
+
+    from labelmix.platform.cluster import DEFAULT_JOBS_ADDRESS, is_jobs_address
+
+    address = address or os.environ.get("RAY_ADDRESS") or DEFAULT_JOBS_ADDRESS
+    if not is_jobs_address(address):
+        raise UserError(f"--address: jobs are followed through the Ray Jobs API, http://HOST:8265; got {address!r}")
+    return address
+
+
+def cmd_status(args) -> int:
+    """Exit status 0 while the job is pending or running and when it succeeded; 1 when it failed or was stopped."""
+    from labelmix.platform.cluster import describe_job, job_info, status_of
+
+    info = job_info(_jobs_address(args.address), args.job_id)
+    print(describe_job(info))
+    return 1 if status_of(info) in ("FAILED", "STOPPED") else 0
+
+
+def cmd_logs(args) -> int:
+    from labelmix.platform.cluster import print_logs
+
+    address = _jobs_address(args.address)
+    status = print_logs(address, args.job_id, follow=args.follow)
+    if args.follow:
+        print(f"\njob {args.job_id}: {status}")
+    return 1 if status in ("FAILED", "STOPPED") else 0
 
 
 def register(sub) -> None:
@@ -86,14 +167,32 @@ def register(sub) -> None:
     p.add_argument("--smoke", action="store_true", help="check the shrunk smoke version too")
     p.set_defaults(func=cmd_check)
 
+    address_help = ("where the study runs: omitted, a local Ray started in this process; auto or HOST:PORT, the "
+                    "cluster this machine is a node of (the driver runs here); http://HOST:8265, a cluster's Ray "
+                    "Jobs API (the driver runs on its head as a Ray job; labelmix must be installed on the nodes)")
     p = sub.add_parser("submit", help="run a study: Ray Tune trials searched by Optuna")
     p.add_argument("spec", help="study spec YAML, or a built-in name (labelmix spaces)")
     p.add_argument("--smoke", action="store_true", help="shrink data, epochs and trials to a one-minute run")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray started in-process)")
-    p.add_argument("--storage", default=None, help="override storage.path of the spec (study folders go under it)")
+    p.add_argument("--address", default=None, help=address_help)
+    p.add_argument("--storage", default=None,
+                   help="override storage.path of the spec (study folders go under it; a folder, s3://... or gs://...)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: the spec's tracking.uri, else $MLFLOW_TRACKING_URI, else SQLite in the study folder)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("resume", help="continue an interrupted study; finished trials are not rerun")
-    p.add_argument("study_dir")
-    p.add_argument("--address", default=None)
+    p.add_argument("study_dir", help="the study folder: a path, or s3://.../NAME")
+    p.add_argument("--address", default=None, help=address_help)
     p.set_defaults(func=cmd_resume)
+
+    jobs_help = "the Ray Jobs API of the cluster (default $RAY_ADDRESS, else http://127.0.0.1:8265: the SSH tunnel)"
+    p = sub.add_parser("status", help="state of a study submitted as a Ray job (exit 1 if it failed or was stopped)")
+    p.add_argument("job_id", help="the id `labelmix submit --address http://...` printed (raysubmit_...)")
+    p.add_argument("--address", default=None, help=jobs_help)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="the driver log of a study submitted as a Ray job")
+    p.add_argument("job_id")
+    p.add_argument("--address", default=None, help=jobs_help)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    p.set_defaults(func=cmd_logs)

@@ -25,7 +25,7 @@ from labelmix.platform.space import trial_config
 TRIALS_FILE = "trials.parquet"
 FRONTIER_FILE = "frontier.parquet"
 COST, SCORE = "cost/hours", "val/miou"
-_KEPT_PREFIXES = ("val/", "test/", "cost/", "labels/", "train/loss", "epoch", "status/", "time/")
+_KEPT_PREFIXES = ("val/", "test/", "cost/", "labels/", "train/loss", "epoch", "status/", "time/", "node/", "gpu/")
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

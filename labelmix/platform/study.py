@@ -2,38 +2,175 @@
 
 The study folder ``<storage>/<name>`` holds the spec (``spec.yaml``), Tune's experiment state,
 ``trials.parquet`` (one row per trial, rewritten as trials finish) and the frontier.
+
+Storage is a local folder or a URI (``s3://``, ``gs://``, ``file://``; pyarrow filesystems, which
+Tune writes through directly). With a URI the driver keeps a working copy of its own files
+(spec, trial table, frontier) in a local mirror folder and uploads them after every write; trials
+write their checkpoints and results to the URI from whichever node they run on.
+
+Dataset: a store on storage every node sees (a URI is downloaded once per node, a network mount is
+read in place) reaches the trials as is; on a cluster (``--address``) a store on this machine's
+disk is put into Ray's object store once per study and written to a per-node cache by the first
+trial on each node (``labelmix.platform.trainable.node_local_store``). A Ray started in this
+process is this machine alone: its trials read the file where it is.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 import ray
 from ray import tune
 
 from labelmix.errors import UserError
-from labelmix.platform.results import ResultsTable, frontier_of, read_table
+from labelmix.platform.cluster import attach, check_storage, cluster_shape, is_shared_path, scheme_of
+from labelmix.platform.results import FRONTIER_FILE, TRIALS_FILE, ResultsTable, frontier_of, read_table
 from labelmix.platform.space import optuna_grid, tune_param_space
 from labelmix.platform.spec import StudySpec, load_spec
-from labelmix.platform.trainable import run_trial
+from labelmix.platform.tracking import study_tracking
+from labelmix.platform.trainable import DatasetSource, run_trial
+from labelmix.trainables.data.store import read_metadata
 from labelmix.trainables.data.synth_store import synthetic_store
+
+log = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.yaml"
 STORE_FILE = "data.parquet"
+MIRROR_ENV = "LABELMIX_MIRROR_DIR"
 
 
 @dataclass(frozen=True)
 class StudyResult:
-    study_dir: Path
+    study_dir: Path  # the local folder (for remote storage: the mirror)
     table: Any  # pyarrow.Table of all trials
     frontier: Any  # pyarrow.Table of the Pareto-optimal trials
+    location: str = ""  # where the study lives: the local folder or its URI
+
+    def __post_init__(self):
+        if not self.location:
+            object.__setattr__(self, "location", str(self.study_dir))
+
+
+# --- where a study lives -------------------------------------------------------------------------
+
+
+def mirror_dir(uri: str) -> Path:
+    """The local working copy of a remote study folder (``$LABELMIX_MIRROR_DIR`` or the temp dir)."""
+    parts = urlsplit(uri)
+    root = Path(os.environ.get(MIRROR_ENV) or Path(tempfile.gettempdir()) / "labelmix-studies")
+    return root / parts.scheme / (parts.netloc or "_") / parts.path.strip("/")
+
+
+@dataclass(frozen=True)
+class StudyFolder:
+    """A study folder: ``local`` is the folder this process writes; ``uri`` the remote one, if any."""
+
+    local: Path
+    uri: Optional[str] = None
+
+    @classmethod
+    def at(cls, location: str | Path) -> "StudyFolder":
+        location = str(location)
+        if scheme_of(location):
+            uri = location.rstrip("/")
+            return cls(mirror_dir(uri), uri)
+        return cls(Path(location).expanduser().resolve())
+
+    @property
+    def remote(self) -> bool:
+        return self.uri is not None
+
+    @property
+    def location(self) -> str:
+        """The experiment folder as Tune sees it."""
+        return self.uri or str(self.local)
+
+    @property
+    def storage_path(self) -> str:
+        return self.uri.rsplit("/", 1)[0] if self.uri else str(self.local.parent)
+
+    @property
+    def name(self) -> str:
+        return self.location.rstrip("/").rsplit("/", 1)[-1]
+
+    def _remote(self, name: str):
+        import pyarrow.fs as pafs
+
+        fs, base = pafs.FileSystem.from_uri(self.uri)
+        return fs, f"{base.rstrip('/')}/{name}"
+
+    def has(self, name: str) -> bool:
+        if not self.remote:
+            return (self.local / name).exists()
+        import pyarrow.fs as pafs
+
+        fs, path = self._remote(name)
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def upload(self, *names: str) -> None:
+        """Copy the named local files to the remote folder (missing local files are skipped)."""
+        if not self.remote:
+            return
+        import pyarrow.fs as pafs
+
+        for name in names:
+            if (self.local / name).is_file():
+                fs, path = self._remote(name)
+                fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+                pafs.copy_files(str(self.local / name), path, source_filesystem=pafs.LocalFileSystem(),
+                                destination_filesystem=fs)
+
+    def download(self, *names: str) -> None:
+        """Copy the named remote files into the local folder (missing remote files are skipped)."""
+        if not self.remote:
+            return
+        import pyarrow.fs as pafs
+
+        self.local.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if self.has(name):
+                fs, path = self._remote(name)
+                pafs.copy_files(path, str(self.local / name), source_filesystem=fs,
+                                destination_filesystem=pafs.LocalFileSystem())
+
+
+def study_folder(spec: StudySpec) -> StudyFolder:
+    storage = spec.storage.path
+    if scheme_of(storage):
+        return StudyFolder.at(f"{storage.rstrip('/')}/{spec.name}")
+    return StudyFolder.at(Path(storage).expanduser() / spec.name)
 
 
 def study_dir(spec: StudySpec) -> Path:
-    return Path(spec.storage.path).expanduser().resolve() / spec.name
+    """The local study folder (for remote storage: its local mirror)."""
+    return study_folder(spec).local
+
+
+def study_exists(spec: StudySpec) -> bool:
+    return study_folder(spec).has(SPEC_FILE)
+
+
+class SyncedResultsTable(ResultsTable):
+    """The trial table, copied to remote storage after every write (a no-op for local folders)."""
+
+    def __init__(self, folder: StudyFolder, spec: Any, **kwargs) -> None:
+        self.folder = folder
+        super().__init__(folder.local, spec, **kwargs)
+
+    def write(self) -> None:
+        super().write()
+        try:
+            self.folder.upload(TRIALS_FILE, FRONTIER_FILE)
+        except OSError as exc:  # a network hiccup must not end the study; the next write retries
+            log.warning("could not copy the trial table to %s: %s", self.folder.uri, exc)
 
 
 def objective_lists(spec: StudySpec) -> tuple[list[str], list[str]]:
@@ -90,14 +227,59 @@ def with_study_store(spec: StudySpec, directory: Path) -> StudySpec:
     return spec.model_copy(update={"dataset": dataset})
 
 
-def build_tuner(spec: StudySpec, directory: Path, callbacks: list, restore: bool = False) -> tune.Tuner:
+def store_fingerprint(path: str) -> str:
+    """The store's own fingerprint (labelmix metadata of the Parquet file), local path or URI."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from labelmix.trainables.data.store import METADATA_KEY
+
+    if scheme_of(path):
+        fs, inner = pafs.FileSystem.from_uri(path)
+    else:
+        fs, inner = pafs.LocalFileSystem(), str(Path(path).expanduser())
+    try:
+        with fs.open_input_file(inner) as handle:
+            meta = pq.read_metadata(handle).metadata or {}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"dataset.path: cannot read the store {path}: {exc}") from None
+    raw = meta.get(METADATA_KEY)
+    if raw is None:
+        raise UserError(f"dataset.path: {path} is a Parquet file without labelmix metadata; create stores with "
+                        "`labelmix data ...`")
+    return json.loads(raw)["fingerprint"]
+
+
+def dataset_source(spec: StudySpec, ship_local: bool = True) -> Optional[DatasetSource]:
+    """How trials get the store: None (they read the path), a URI, or the file's bytes in the object store.
+
+    ``ship_local``: whether a store on this machine's disk must travel to other nodes (not for a
+    Ray started in this process, which is this one machine).
+    """
+    path = spec.dataset.path
+    if path is None:
+        return None
+    if scheme_of(path):
+        return DatasetSource(fingerprint=store_fingerprint(path), uri=path)
+    if not ship_local or is_shared_path(path):
+        return None
+    # Put once per study; a trial fetches the bytes only when its node's cache lacks the store.
+    data = Path(path).read_bytes()
+    return DatasetSource(fingerprint=store_fingerprint(path), ref=ray.put(data), size=len(data))
+
+
+def build_tuner(spec: StudySpec, folder: StudyFolder | Path, callbacks: list, restore: bool = False,
+                ship_dataset: bool = True) -> tune.Tuner:
+    folder = folder if isinstance(folder, StudyFolder) else StudyFolder(Path(folder))
     cpus, gpus = spec.resources.cpus, spec.resources.gpus
+    spec = with_study_store(spec, folder.local)
+    dataset = dataset_source(spec, ship_local=ship_dataset)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec=with_study_store(spec, directory), cpus_per_trial=cpus),
+        tune.with_parameters(run_trial, spec=spec, cpus_per_trial=cpus, dataset=dataset),
         {"cpu": cpus, "gpu": gpus},
     )
     if restore:
-        return tune.Tuner.restore(str(directory), trainable=trainable, resume_errored=True)
+        return tune.Tuner.restore(folder.location, trainable=trainable, resume_errored=True)
     num_samples = spec.search.trials
     return tune.Tuner(
         trainable,
@@ -110,8 +292,8 @@ def build_tuner(spec: StudySpec, directory: Path, callbacks: list, restore: bool
             reuse_actors=True,  # measured here: 40 one-second trials, 81 s without, 24 s with
         ),
         run_config=tune.RunConfig(
-            name=spec.name,
-            storage_path=str(directory.parent),
+            name=folder.name,
+            storage_path=folder.storage_path,
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=callbacks,
@@ -121,43 +303,68 @@ def build_tuner(spec: StudySpec, directory: Path, callbacks: list, restore: bool
 
 
 def start_ray(address: Optional[str], spec: StudySpec) -> None:
+    """Attach to the cluster at ``address`` (auto, HOST:PORT), or start a local Ray in this process."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Checkpoints every epoch make Tune warn about snapshot frequency on every trial; it is expected.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        attach(address)
     else:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
+def dataset_tags(spec: StudySpec) -> dict[str, str]:
+    data = spec.dataset
+    if data.path is not None and Path(data.path).is_file():
+        return {"labelmix.dataset_fingerprint": read_metadata(data.path)["fingerprint"]}
+    return {"labelmix.dataset": json.dumps(data.model_dump(mode="json"), sort_keys=True)}
+
+
 def run_study(spec: StudySpec, source_text: str, address: Optional[str] = None, callbacks: list | None = None,
-              restore: bool = False) -> StudyResult:
-    directory = study_dir(spec)
-    if not restore:
-        if (directory / SPEC_FILE).exists():
-            raise UserError(
-                f"{directory}: a study named {spec.name!r} already exists there; `labelmix resume {directory}` "
-                f"continues it, or change `name` / `storage.path`"
-            )
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / SPEC_FILE).write_text(source_text)
+              restore: bool = False, tracking_uri: Optional[str] = None, tracking: bool = True) -> StudyResult:
+    folder = study_folder(spec)
+    if not restore and folder.has(SPEC_FILE):
+        raise UserError(
+            f"{folder.location}: a study named {spec.name!r} already exists there; `labelmix resume "
+            f"{folder.location}` continues it, or change `name` / `storage.path`"
+        )
     start_ray(address, spec)
+    if address:  # a local Ray is one node; an attached cluster may spread trials over many
+        check_storage(spec.storage.path, cluster_shape(spec.resources.cpus, spec.resources.gpus))
+    callbacks = list(callbacks or [])
+    if not restore:
+        if folder.remote:  # a mirror left by an earlier study of this name must not lend it its rows
+            shutil.rmtree(folder.local, ignore_errors=True)
+        folder.local.mkdir(parents=True, exist_ok=True)
+        if tracking:
+            # Checked before any trial starts: an unreachable server fails the submit at once. On
+            # restore Tune brings back the tracking callback it pickled, which reattaches its runs.
+            callbacks.append(study_tracking(spec, source_text, folder.local, tracking_uri, dataset_tags(spec)))
+        (folder.local / SPEC_FILE).write_text(source_text)
+        folder.upload(SPEC_FILE)
     # On restore Tune brings back the callbacks it pickled with the experiment (ResultsTable
     # reloads its rows from the study folder); the results are read back from that folder.
-    tuner = build_tuner(spec, directory, [ResultsTable(directory, spec), *(callbacks or [])], restore=restore)
+    tuner = build_tuner(spec, folder, [SyncedResultsTable(folder, spec), *callbacks], restore=restore,
+                        ship_dataset=bool(address))
     tuner.fit()
-    table = read_table(directory)
-    return StudyResult(directory, table, frontier_of(table))
+    table = read_table(folder.local)
+    return StudyResult(folder.local, table, frontier_of(table), folder.location)
 
 
-def resume_study(directory: Path, address: Optional[str] = None, callbacks: list | None = None) -> StudyResult:
-    directory = Path(directory).expanduser().resolve()
-    if not (directory / SPEC_FILE).is_file():
-        raise UserError(f"{directory}: not a study folder (no {SPEC_FILE})")
-    if not tune.Tuner.can_restore(str(directory)):
-        raise UserError(f"{directory}: Tune's experiment state is missing; the study never started its trials")
-    spec, source = load_spec(str(directory / SPEC_FILE))
-    spec = spec.model_copy(update={"storage": spec.storage.model_copy(update={"path": str(directory.parent)})})
+def resume_study(location: str | Path, address: Optional[str] = None, callbacks: list | None = None) -> StudyResult:
+    folder = StudyFolder.at(location)
+    if folder.remote:  # the remote folder is the truth; the mirror is rebuilt from it
+        shutil.rmtree(folder.local, ignore_errors=True)
+    folder.download(SPEC_FILE, TRIALS_FILE, FRONTIER_FILE)
+    if not (folder.local / SPEC_FILE).is_file():
+        raise UserError(f"{folder.location}: not a study folder (no {SPEC_FILE})")
+    if not tune.Tuner.can_restore(folder.location):
+        raise UserError(f"{folder.location}: Tune's experiment state is missing; the study never started its trials")
+    spec, source = load_spec(str(folder.local / SPEC_FILE))
+    spec = spec.model_copy(update={
+        "name": folder.name,
+        "storage": spec.storage.model_copy(update={"path": folder.storage_path}),
+    })
     return run_study(spec, source, address, callbacks, restore=True)
