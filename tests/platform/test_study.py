@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +86,14 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     for trial_id in done_before["trial_id"]:
         (result_file,) = [p for p in study.glob(f"*{trial_id}*/result.json")]
         assert len(result_file.read_text().splitlines()) == 3
+    # MLflow (the default store in the study folder): one parent, exactly one child per trial
+    client = MlflowClient(f"sqlite:///{study / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1
+    assert sorted(r.data.tags["labelmix.trial_id"] for r in children) == sorted(table["trial_id"])
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
 
 
 def test_invalid_spec_exits_2_without_starting_ray(tmp_path):
