@@ -39,8 +39,8 @@ def write_spec(tmp_path, **changes):
     return path
 
 
-def test_four_trial_study_completes(tmp_path):
-    proc = cli("submit", str(write_spec(tmp_path)), cwd=tmp_path, timeout=600)
+def test_four_trial_study_completes(tmp_path, mlflow_server):
+    proc = cli("submit", str(write_spec(tmp_path)), "--tracking-uri", mlflow_server.uri, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     study = tmp_path / "studies" / "tiny"
     table = pd.read_parquet(study / "trials.parquet")
@@ -52,6 +52,23 @@ def test_four_trial_study_completes(tmp_path):
     assert (study / "spec.yaml").is_file()
     assert "Frontier (annotation hours vs val/miou)" in proc.stdout
     assert "frontier" in proc.stdout and "finished" in proc.stdout  # the progress line
+
+    # MLflow on a real server: one parent, exactly 4 children linked to it with per-epoch
+    # metrics, pareto tags on the frontier trials, the frontier on the parent, their models
+    client = MlflowClient(mlflow_server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert [m.step for m in client.get_metric_history(children[0].info.run_id, "val/miou")] == [1, 2]
+    on_front = {r.data.tags["labelmix.trial_id"] for r in children if r.data.tags.get("pareto") == "true"}
+    assert on_front == set(frontier["trial_id"])
+    parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"frontier.json", "frontier.png", "frontier.html"} <= parent_files
+    for run in children:
+        if run.data.tags.get("pareto") == "true":
+            assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/state.pt"]
 
 
 def _terminated(study: Path) -> pd.DataFrame:
