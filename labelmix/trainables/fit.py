@@ -86,10 +86,7 @@ def build_run(config: TrainConfig) -> Run:
     store = load_store(resolve_store(config))
     train_store, types, cost = plan_annotations(config, store)
 
-    levels = num_levels(config.encoder)
-    depth = levels if config.ds_depth == "max" else config.ds_depth
-    if depth > levels:
-        raise UserError(f"ds_depth: {depth} is more than the {levels} decoder levels of encoder {config.encoder!r}")
+    depth = num_levels(config.encoder) if config.ds_depth == "max" else config.ds_depth  # build_model checks it
     student = build_model(
         config.encoder, store.num_classes, in_chans=1, ds_depth=depth,
         pretrained=config.pretrained, decoder_channels=config.decoder_channels,
