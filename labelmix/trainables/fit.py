@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
