@@ -184,25 +184,24 @@ def _image_files(folder: Path, what: str) -> dict[str, Path]:
     return found
 
 
+def _require_partners(files: dict, partners: dict, kind: str, partner_kind: str, partner_folder: Path) -> None:
+    """Every file needs a partner with its stem (an image its mask, a mask its image)."""
+    lonely = [stem for stem in files if stem not in partners]
+    if lonely:
+        more = f"; {len(lonely) - 1} more {kind}s have no {partner_kind}" if len(lonely) > 1 else ""
+        raise UserError(
+            f"{kind} {files[lonely[0]]} has no {partner_kind}: looked for {lonely[0]}"
+            f"{{{','.join(IMAGE_SUFFIXES)}}} in {partner_folder}{more}"
+        )
+
+
 def _plan_folder(images: Path, masks: Path, volume_regex: str | None) -> list[_Pair]:
     image_files = _image_files(images, "image")
     if not image_files:
         raise UserError(f"no PNG/TIFF images in {images} (looked for {', '.join(IMAGE_SUFFIXES)})")
     mask_files = _image_files(masks, "mask")
-    unmatched = [s for s in image_files if s not in mask_files]
-    if unmatched:
-        more = f"; {len(unmatched) - 1} more images have no mask" if len(unmatched) > 1 else ""
-        raise UserError(
-            f"image {image_files[unmatched[0]]} has no mask: looked for {unmatched[0]}"
-            f"{{{','.join(IMAGE_SUFFIXES)}}} in {masks}{more}"
-        )
-    orphans = [s for s in mask_files if s not in image_files]
-    if orphans:
-        more = f"; {len(orphans) - 1} more masks have no image" if len(orphans) > 1 else ""
-        raise UserError(
-            f"mask {mask_files[orphans[0]]} has no image: looked for {orphans[0]}"
-            f"{{{','.join(IMAGE_SUFFIXES)}}} in {images}{more}"
-        )
+    _require_partners(image_files, mask_files, "image", "mask", masks)
+    _require_partners(mask_files, image_files, "mask", "image", images)
 
     pattern = _compile_volume_regex(volume_regex)
     volume_of = {stem: _volume_id(stem, image_files[stem], pattern) for stem in image_files}
