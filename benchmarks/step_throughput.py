@@ -5,7 +5,7 @@ labelled images, teacher pseudo-labels with multi-label DS on the others), optim
 forward, EMA update of weights and BatchNorm buffers. Both loops use the same model, the same batch
 and the same optimizer settings; their steps are interleaved so that machine noise hits both alike.
 
-Run: .venv/bin/python benchmarks/step_throughput.py [--steps 20 --encoder resnet18 --batch 16 --size 128]
+Run: .venv/bin/python benchmarks/step_throughput.py [--steps 20 --encoder unet --batch 8 --size 128 --threads 1]
 """
 
 from __future__ import annotations
@@ -39,22 +39,25 @@ def labelmix_step(run, batch, step):
     return loss.item()
 
 
-def bare_step(model, teacher, optimizer, batch, decay, num_classes):
-    """The same math written out in plain PyTorch."""
+def bare_step(model, teacher, optimizer, batch, decay, num_classes, class_weight, pseudo_class_weight, ds_weight):
+    """The same math written out in plain PyTorch (the model standardises its input itself)."""
     x, y, full = batch.images, batch.masks, batch.types == 0
     main, levels = model(x)
 
     def ml_ds(levels, target):
         onehot = F.one_hot(target, num_classes).permute(0, 3, 1, 2).float()  # B x C x H x W
-        return sum(
+        return ds_weight * sum(
             F.binary_cross_entropy_with_logits(lv, F.adaptive_max_pool2d(onehot, lv.shape[-2:])) for lv in levels
         )
 
-    loss = F.cross_entropy(main[full], y[full]) + ml_ds([lv[full] for lv in levels], y[full])
+    def ce(logits, target, weight):  # class-weighted terms over the pixel count, as labelmix's cross_entropy
+        return F.cross_entropy(logits, target, weight=weight, reduction="sum") / target.numel()
+
+    loss = ce(main[full], y[full], class_weight) + ml_ds([lv[full] for lv in levels], y[full])
     with torch.no_grad():
         teacher_main, _ = teacher(x[~full])
         pseudo = teacher_main.argmax(1)
-    loss = loss + F.cross_entropy(main[~full], pseudo) + ml_ds([lv[~full] for lv in levels], pseudo)
+    loss = loss + ce(main[~full], pseudo, pseudo_class_weight) + ml_ds([lv[~full] for lv in levels], pseudo)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -69,16 +72,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--encoder", default="resnet18")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--encoder", default="unet")  # configs/full.yaml's network
+    parser.add_argument("--unet-base-channels", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as cache:
         config = load_config({
             "dataset": {"synthetic": {"volumes": 6, "slices": 8, "height": args.size, "width": args.size}},
             "mix": {"full": 0.5, "none": 0.5}, "encoder": args.encoder, "batch_size": args.batch,
+            "unet_base_channels": args.unet_base_channels,
             "augment": False, "cache_dir": cache, "threads": args.threads, "full_per_batch": args.batch // 2,
         })
         run = build_run(config)
@@ -97,13 +102,16 @@ def main() -> None:
             if name == "labelmix":
                 labelmix_step(run, batch, i)
             else:
-                bare_step(model, teacher, optimizer, batch, config.ema_decay, n_classes)
+                bare_step(
+                    model, teacher, optimizer, batch, config.ema_decay, n_classes, run.class_weights,
+                    run.pseudo_class_weights, config.ds_weight,
+                )
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     total = {k: sum(v) for k, v in times.items()}
     save("step_throughput", {
-        "encoder": args.encoder, "batch": args.batch, "size": args.size, "threads": args.threads, "steps": args.steps,
+        "encoder": args.encoder, "unet_base_channels": args.unet_base_channels, "batch": args.batch, "size": args.size, "threads": args.threads, "steps": args.steps,
         "labelmix_median_s": round(med["labelmix"], 4), "bare_median_s": round(med["bare"], 4),
         "labelmix_total_s": round(total["labelmix"], 3), "bare_total_s": round(total["bare"], 3),
         "ratio_bare_over_labelmix": round(total["bare"] / total["labelmix"], 3), "target": 0.95,

@@ -39,7 +39,8 @@ def cmd_data_synth(args) -> int:
     from labelmix.trainables.data.synth_store import write_synthetic_store
 
     height, width = _size(args.size)
-    settings = SynthSettings(volumes=args.volumes, slices=args.slices, height=height, width=width, seed=args.seed)
+    counts = {k: v for k, v in (("volumes", args.volumes), ("slices", args.slices)) if v is not None}
+    settings = SynthSettings(height=height, width=width, seed=args.seed, **counts)
     summary = write_synthetic_store(settings, Path(args.out), _split_fractions(args.split), args.split_seed)
     print(f"wrote {summary.images} images to {summary.path} (fingerprint {summary.fingerprint[:12]})")
     return 0
@@ -143,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = data.add_parser("synth", help="generate synthetic OCT B-scans into a store")
     p.add_argument("--out", required=True, help="store file to write (.parquet)")
-    p.add_argument("--volumes", type=int, default=40)
-    p.add_argument("--slices", type=int, default=32, help="B-scans per volume")
+    p.add_argument("--volumes", type=int, default=None, help="volumes (default: the generator's, 60)")
+    p.add_argument("--slices", type=int, default=None, help="B-scans per volume (default: the generator's, 24)")
     p.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"))
     p.add_argument("--seed", type=int, default=0)
     split_args(p)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from labelmix.errors import validated
 from labelmix.trainables.data.annotations import AnnotationMix, CostModel
+from labelmix.trainables.data.synth import SynthSettings
 
 DS_TYPES = ("none", "standard", "multi_label")
 
@@ -25,8 +26,8 @@ class _Strict(BaseModel):
 class SyntheticData(_Strict):
     """The built-in synthetic OCT generator (METHOD.md, "What a real B-scan looks like")."""
 
-    volumes: int = Field(40, ge=1)
-    slices: int = Field(32, ge=1)
+    volumes: int = Field(SynthSettings.volumes, ge=1)
+    slices: int = Field(SynthSettings.slices, ge=1)
     height: int = Field(128, ge=32)
     width: int = Field(128, ge=32)
     seed: int = 0
@@ -87,14 +88,18 @@ class TrainConfig(_Strict):
     decoder_channels: Optional[tuple[int, ...]] = None  # None: derived from the encoder's feature_info
     decoder_scale: float = Field(0.5, gt=0)  # x the derived widths: 0.5 halves the decoder's cost on CPU
     unet_base_channels: int = Field(64, ge=1)  # first block width of encoder "unet" (64 in the authors' code)
+    normalize_input: bool = True  # the model standardises images with the training images' mean and std
     # deep supervision (METHOD.md "Losses")
     ds_type: Literal["none", "standard", "multi_label"] = "multi_label"
     ds_depth: int | Literal["max"] = "max"  # supervised decoder levels from the full-resolution end
-    ds_weight: float = Field(1.0, ge=0)  # lambda_ds
-    ds_level_weights: Optional[tuple[float, ...]] = None  # coarsest first; None: all 1
+    ds_weight: float = Field(0.2, ge=0)  # lambda_ds; 0.2: at 1.0 the DS terms slowed the main head (docs/RESULTS.md)
+    ds_level_weights: Optional[tuple[float, ...]] = None  # coarsest first; None: all 1 (global and box terms use them too)
+    foreground_weight: float = Field(10.0, ge=0)  # CE weight of every non-background class (background 1); fluid is ~1% of pixels
     # weak labels
-    global_weight: float = Field(1.0, ge=0)
-    box_weight: float = Field(1.0, ge=0)
+    # global and box terms: weight x sum over levels of ds_level_weights x the level's loss; not scaled
+    # by ds_weight. 0.2: at 1.0 they outweighed the masks of a 5% mix (docs/RESULTS.md)
+    global_weight: float = Field(0.2, ge=0)
+    box_weight: float = Field(0.2, ge=0)
     box_positive_max_size: int = Field(16, ge=1)  # pooled-box positives only at levels no larger than this
     box_mil_weight: float = Field(1.0, ge=0)
     # teacher and pseudo-labels
@@ -104,11 +109,13 @@ class TrainConfig(_Strict):
     pseudo_threshold: float = Field(0.0, ge=0, le=1)
     pseudo_rampup: float = Field(0.3, ge=0, le=1)  # fraction of all steps for the sigmoid ramp-up
     pseudo_ds: bool = True  # deep supervision on the pseudo-label too
+    pseudo_foreground_weight: float = Field(1.0, ge=0)  # foreground_weight for the pseudo-label CE; 1: the
+    # teacher's false positives are not amplified (at 10 they fed back until the student marked fluid everywhere)
     keep_model: Literal["teacher", "student"] = "teacher"
     # optimisation
     epochs: int = Field(20, ge=1)
     steps_per_epoch: Optional[int] = Field(None, ge=1)  # None: one pass over the training images
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(8, ge=1)  # 8: on CPU more, smaller steps learned faster per minute than 16
     full_per_batch: int = Field(2, ge=0)  # fully labelled images guaranteed in every batch when any exist
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)

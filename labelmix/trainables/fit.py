@@ -51,7 +51,9 @@ class Run:
     teacher: Any  # timm.utils.ModelEmaV3
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    level_weights: tuple[float, ...]
+    level_weights: tuple[float, ...]  # ds_level_weights: per DS level, coarsest first (not times ds_weight)
+    class_weights: torch.Tensor  # CE weight per class, for masks
+    pseudo_class_weights: torch.Tensor  # CE weight per class, for pseudo-labels
     steps_per_epoch: int
     rng: np.random.Generator
     augmenter: Optional[Augmenter]
@@ -86,10 +88,12 @@ def build_run(config: TrainConfig) -> Run:
     train_store, types, cost = plan_annotations(config, store)
 
     depth = num_levels(config.encoder) if config.ds_depth == "max" else config.ds_depth  # build_model checks it
+    train = to_tensors(train_store)
     student = build_model(
         config.encoder, store.num_classes, in_chans=1, ds_depth=depth,
         pretrained=config.pretrained, decoder_channels=config.decoder_channels,
         decoder_scale=config.decoder_scale, unet_base_channels=config.unet_base_channels,
+        input_stats=image_stats(train.images) if config.normalize_input else (0.0, 1.0),
     ).to(device)
     level_weights = config.ds_level_weights or (1.0,) * depth
     if len(level_weights) != depth:
@@ -99,7 +103,7 @@ def build_run(config: TrainConfig) -> Run:
     return Run(
         config=config,
         device=device,
-        train=to_tensors(train_store),
+        train=train,
         val=to_tensors(limit(store.split("val"), config.dataset.max_eval_images)),
         test=to_tensors(limit(store.split("test"), config.dataset.max_eval_images)),
         types=torch.from_numpy(types.astype(np.int64)),
@@ -109,7 +113,9 @@ def build_run(config: TrainConfig) -> Run:
         teacher=make_teacher(student, config.ema_decay, warmup=config.ema_warmup),
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, config.epochs * steps)),
-        level_weights=tuple(config.ds_weight * w for w in level_weights),
+        level_weights=tuple(level_weights),
+        class_weights=losses.class_weights(store.num_classes, config.foreground_weight).to(device),
+        pseudo_class_weights=losses.class_weights(store.num_classes, config.pseudo_foreground_weight).to(device),
         steps_per_epoch=steps,
         rng=np.random.default_rng(config.seed),
         augmenter=Augmenter() if config.augment else None,
@@ -155,13 +161,16 @@ def train_epoch(run: Run, epoch: int, total_steps: int) -> dict[str, float]:
 def loss_terms(run: Run, batch, pseudo_weight: float) -> dict[str, torch.Tensor]:
     """The loss of METHOD.md, one term per annotation type; each term averages over its images."""
     config, weights = run.config, run.level_weights
+    # lambda_ds scales deep supervision (on masks and on pseudo-labels) only; the global and box
+    # terms have their own weights, so a study varying ds_weight leaves weak-label strength alone.
+    ds_weights = tuple(config.ds_weight * w for w in weights)
     main, levels = run.student(batch.images)
     terms: dict[str, torch.Tensor] = {}
 
     full = batch.types == FULL
     if full.any():
-        terms["full"] = losses.cross_entropy(main[full], batch.masks[full]) + losses.ds_loss(
-            config.ds_type, [lv[full] for lv in levels], batch.masks[full], weights
+        terms["full"] = losses.cross_entropy(main[full], batch.masks[full], run.class_weights) + losses.ds_loss(
+            config.ds_type, [lv[full] for lv in levels], batch.masks[full], ds_weights
         )
 
     glob = batch.types == GLOBAL
@@ -186,7 +195,8 @@ def loss_terms(run: Run, batch, pseudo_weight: float) -> dict[str, torch.Tensor]
             allowed = allowed_classes(batch.types[weak], batch.global_labels[weak], box_mask[weak])
             pseudo = constrained_pseudo_labels(teacher_main, allowed, config.pseudo_threshold)
         terms["pseudo"] = pseudo_weight * losses.pseudo_label_loss(
-            main[weak], [lv[weak] for lv in levels], pseudo, config.ds_type, weights, use_ds=config.pseudo_ds
+            main[weak], [lv[weak] for lv in levels], pseudo, config.ds_type, ds_weights, use_ds=config.pseudo_ds,
+            weight=run.pseudo_class_weights,
         )
     if not terms:  # e.g. only weak images and every weak weight at 0 during ramp-up
         terms["zero"] = main.sum() * 0.0
@@ -275,6 +285,12 @@ def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
     if config.lr_schedule == "constant":
         return lambda step: 1.0
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def image_stats(images: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard deviation of all pixels (the model's input standardisation)."""
+    std = float(images.std()) if images.numel() > 1 else 0.0
+    return float(images.mean()), std if std > 0 else 1.0
 
 
 def limit(store: ImageStore, count: Optional[int]) -> ImageStore:

@@ -53,9 +53,23 @@ def standard_targets(mask: Tensor, size: tuple[int, int]) -> Tensor:
     return out[:, 0].long()
 
 
-def cross_entropy(logits: Tensor, mask: Tensor) -> Tensor:
-    """Softmax CE averaged over non-ignored pixels; 0 (still differentiable) if there are none."""
-    total = F.cross_entropy(logits, mask, ignore_index=IGNORE, reduction="sum")
+def class_weights(num_classes: int, foreground_weight: float) -> Tensor:
+    """CE weight per class: background 1, every other class ``foreground_weight``."""
+    weights = torch.full((num_classes,), float(foreground_weight))
+    weights[0] = 1.0
+    return weights
+
+
+def cross_entropy(logits: Tensor, mask: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Softmax CE over non-ignored pixels; 0 (still differentiable) if there are none.
+
+    With ``weight`` (one per class) each pixel's term is scaled by its class weight and the sum
+    is still divided by the pixel count, not by the summed weights: up-weighting a rare class
+    makes its pixels count more without shrinking the loss of images that lack it.
+    """
+    if weight is not None:
+        weight = weight.to(device=logits.device, dtype=logits.dtype)
+    total = F.cross_entropy(logits, mask, weight=weight, ignore_index=IGNORE, reduction="sum")
     return total / (mask != IGNORE).sum().clamp(min=1)
 
 
@@ -205,9 +219,11 @@ def pseudo_label_loss(
     ds_kind: str,
     ds_weights: Sequence[float],
     use_ds: bool = True,
+    weight: Tensor | None = None,
 ) -> Tensor:
-    """CE of the main head against the teacher's pseudo-label, plus (``use_ds``) DS on it."""
-    loss = cross_entropy(main_logits, pseudo)
+    """CE of the main head against the teacher's pseudo-label (class ``weight`` as in
+    cross_entropy), plus (``use_ds``) DS on it."""
+    loss = cross_entropy(main_logits, pseudo, weight)
     if use_ds:
         loss = loss + ds_loss(ds_kind, level_logits, pseudo, ds_weights)
     return loss

@@ -15,7 +15,9 @@ Levels, which can carry a deep-supervision (DS) head: the bottleneck plus every 
 that merged a skip, so as many levels as encoder features (resnet18: 1/32 .. 1/2; "unet":
 1/16 .. 1/1). ``ds_depth`` d builds heads only for the d finest levels.
 
-Input sizes: the input is zero-padded (bottom and right) to a multiple of the encoder's total
+Input: the model standardises its input with a stored (mean, std) (fit sets them from the
+training images), so a saved model takes images scaled to [0, 1] as they are. The standardised
+input is zero-padded (bottom and right) to a multiple of the encoder's total
 stride and every output is cropped back: the main logits to H x W, a level at stride r to
 ceil(H / r) x ceil(W / r), i.e. the cells that cover the real image.
 """
@@ -146,8 +148,14 @@ class UNetDecoder(nn.Module):
 class SegmentationNet(nn.Module):
     """Encoder -> U-Net decoder -> main head + DS heads on the ``ds_depth`` finest levels."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int, ds_depth: int, decoder_widths: list[int]):
+    def __init__(
+        self, encoder: nn.Module, num_classes: int, ds_depth: int, decoder_widths: list[int],
+        input_stats: tuple[float, float] = (0.0, 1.0),
+    ):
         super().__init__()
+        # Input standardisation lives in the model (buffers), so a saved model takes raw images.
+        self.register_buffer("input_mean", torch.tensor(float(input_stats[0])))
+        self.register_buffer("input_std", torch.tensor(float(input_stats[1])))
         self.encoder = encoder
         self.decoder = UNetDecoder(encoder.channels, encoder.reductions, decoder_widths)
         self.num_levels = len(encoder.channels)
@@ -162,6 +170,7 @@ class SegmentationNet(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         h, w = x.shape[-2:]
         s = self.total_stride
+        x = (x - self.input_mean) / self.input_std
         x = F.pad(x, (0, -w % s, 0, -h % s))  # zero-pad right and bottom to a multiple of s
         final, levels = self.decoder(self.encoder(x), x.shape[-2:])
         main = self.head(final)[..., :h, :w]
@@ -214,6 +223,7 @@ def build_model(
     decoder_channels: tuple[int, ...] | None = None,
     unet_base_channels: int = 64,
     decoder_scale: float = 1.0,
+    input_stats: tuple[float, float] = (0.0, 1.0),
 ) -> SegmentationNet:
     """Build the network of METHOD.md.
 
@@ -222,7 +232,8 @@ def build_model(
     stage as wide as the skip it merges; the extra full-resolution stage half the finest skip
     (at least 16); ``decoder_scale`` multiplies these default widths (at least 16 each; ignored
     when ``decoder_channels`` is given). ``unet_base_channels`` is the first block's width of the "unet" encoder (64
-    in the authors' code; small values keep tests fast).
+    in the authors' code; small values keep tests fast). ``input_stats`` (mean, std): the
+    model first maps its input x to (x - mean) / std.
     """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise UserError(f"num_classes: must be an integer >= 2 (background + classes), got {num_classes!r}")
@@ -267,4 +278,7 @@ def build_model(
                 f"decoder_channels: need {n_stages} positive integers (one per decoder stage of "
                 f"encoder {encoder!r}, coarsest first), got {decoder_channels!r}"
             )
-    return SegmentationNet(enc, num_classes, ds_depth, widths)
+    mean, std = input_stats
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise UserError(f"input_stats: need a finite mean and a std > 0, got {input_stats!r}")
+    return SegmentationNet(enc, num_classes, ds_depth, widths, (mean, std))

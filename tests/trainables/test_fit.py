@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from labelmix.errors import UserError
@@ -74,7 +75,7 @@ def test_resume_with_another_config_is_refused(tmp_path):
 
 
 def test_non_finite_loss_stops_at_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(fit_module.losses, "cross_entropy", lambda logits, mask: logits.sum() * float("nan"))
+    monkeypatch.setattr(fit_module.losses, "cross_entropy", lambda logits, mask, weight=None: logits.sum() * float("nan"))
     with pytest.raises(NonFiniteLossError, match="epoch 1, step 1"):
         fit(tiny(tmp_path, mix={"full": 1.0}), lambda m, c: None)
 
@@ -111,3 +112,46 @@ def test_train_cli_runs_and_writes_final_metrics(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (out / "final_metrics.json").is_file() and (out / "checkpoint" / "state.pt").is_file()
+
+
+def test_image_stats():
+    images = torch.tensor([0.0, 0.0, 1.0, 1.0]).reshape(1, 1, 2, 2)
+    mean, std = fit_module.image_stats(images)
+    assert mean == pytest.approx(0.5) and std == pytest.approx(math.sqrt(1 / 3))  # unbiased std of 0,0,1,1
+    assert fit_module.image_stats(torch.full((1, 1, 2, 2), 0.3)) == pytest.approx((0.3, 1.0))  # flat: std 1
+
+
+def test_shipped_run_configs_are_valid():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "configs"
+    paths = sorted(folder.glob("*.yaml"))
+    assert len(paths) >= 5
+    for path in paths:
+        config = load_config(yaml.safe_load(path.read_text()), source=str(path))
+        assert config.encoder == "unet" and config.threads == 1 and config.batch_size == 8, path
+
+
+def _terms(config):
+    import numpy as np
+
+    from labelmix.trainables.batches import make_batch
+
+    run = fit_module.build_run(config)
+    index = np.arange(len(run.train))  # every image: all four annotation types
+    batch = make_batch(run.train, run.types, index, None)
+    run.student.eval()  # BatchNorm with running stats: the two runs see identical activations
+    with torch.no_grad():
+        return {k: v.item() for k, v in fit_module.loss_terms(run, batch, pseudo_weight=1.0).items()}
+
+
+def test_ds_weight_scales_deep_supervision_but_not_weak_label_terms(tmp_path):
+    low = _terms(tiny(tmp_path, ds_weight=0.2, pseudo_ds=False))
+    high = _terms(tiny(tmp_path, ds_weight=1.0, pseudo_ds=False))
+    assert set(low) == {"full", "global", "box", "pseudo"}
+    assert low["global"] == pytest.approx(high["global"], rel=1e-6)
+    assert low["box"] == pytest.approx(high["box"], rel=1e-6)
+    assert low["pseudo"] == pytest.approx(high["pseudo"], rel=1e-6)  # CE only: pseudo_ds off
+    no_ds = _terms(tiny(tmp_path, ds_weight=0.0, pseudo_ds=False))
+    # full = CE + ds_weight * DS, so the DS part grows exactly 5x from 0.2 to 1.0
+    assert high["full"] - no_ds["full"] == pytest.approx(5 * (low["full"] - no_ds["full"]), rel=1e-5)

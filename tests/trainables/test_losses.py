@@ -68,6 +68,23 @@ def test_cross_entropy_one_pixel():
     assert L.cross_entropy(two, torch.tensor([[[2, 255]]])).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_class_weights_background_one_rest_foreground():
+    assert torch.equal(L.class_weights(4, 3.0), torch.tensor([1.0, 3.0, 3.0, 3.0]))
+
+
+def test_weighted_cross_entropy_scales_terms_and_divides_by_pixel_count():
+    # two pixels: class 0 (weight 1) and class 2 (weight 3), zero logits over 3 classes:
+    # each term is log 3, so the loss is (1 * log 3 + 3 * log 3) / 2 = 2 log 3
+    logits = torch.zeros(1, 3, 1, 2)
+    mask = torch.tensor([[[0, 2]]])
+    loss = L.cross_entropy(logits, mask, L.class_weights(3, 3.0))
+    assert loss.item() == pytest.approx(2 * math.log(3), rel=1e-6)
+    # ignored pixels count neither in the sum nor in the divisor
+    assert L.cross_entropy(logits, torch.tensor([[[255, 2]]]), L.class_weights(3, 3.0)).item() == pytest.approx(
+        3 * math.log(3), rel=1e-6
+    )
+
+
 def test_cross_entropy_all_ignored_is_zero_with_grad():
     logits = torch.randn(1, 3, 2, 2, requires_grad=True)
     loss = L.cross_entropy(logits, torch.full((1, 2, 2), 255))

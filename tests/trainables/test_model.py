@@ -46,6 +46,19 @@ def test_ds_depth_zero_has_no_heads_and_returns_empty_list():
     assert main.shape == (1, 2, 16, 16)
 
 
+def test_input_standardisation_is_part_of_the_model():
+    torch.manual_seed(0)
+    plain = build_model("unet", num_classes=2, ds_depth=0, unet_base_channels=2).eval()
+    torch.manual_seed(0)
+    standardised = build_model("unet", num_classes=2, ds_depth=0, unet_base_channels=2, input_stats=(0.4, 0.2)).eval()
+    x = torch.rand(1, 1, 16, 16)
+    assert torch.allclose(standardised(x)[0], plain((x - 0.4) / 0.2)[0], atol=1e-6)
+    assert standardised.state_dict()["input_mean"].item() == pytest.approx(0.4)
+    assert standardised.state_dict()["input_std"].item() == pytest.approx(0.2)
+    with pytest.raises(UserError, match="input_stats"):
+        build_model("unet", num_classes=2, unet_base_channels=2, input_stats=(0.4, 0.0))
+
+
 def test_num_levels():
     assert num_levels("resnet18") == 5
     assert num_levels("unet") == 5

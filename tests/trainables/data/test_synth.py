@@ -169,3 +169,14 @@ def test_save_montage_accepts_image_mask_pairs(tmp_path):
 def test_save_montage_needs_slices(tmp_path):
     with pytest.raises(UserError):
         save_montage([], tmp_path / "empty.png")
+
+
+def test_cli_synth_uses_the_generator_defaults_it_is_not_given(tmp_path, capsys):
+    from labelmix.cli import main
+    from labelmix.trainables.data.store import load_store
+
+    out = tmp_path / "s.parquet"
+    assert main(["data", "synth", "--out", str(out), "--slices", "1", "--size", "32", "32"]) == 0
+    store = load_store(out)
+    assert len(store) == SynthSettings().volumes == 60  # --volumes left out: the generator's default
+    assert f"wrote 60 images to {out}" in capsys.readouterr().out
