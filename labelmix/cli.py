@@ -94,6 +94,31 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+def apply_overrides(data: dict, assignments: Sequence[str]) -> dict:
+    """A copy of ``data`` with each ``dotted.path=VALUE`` set (VALUE read as YAML: 1, 0.5, true, [1, 2])."""
+    import copy
+
+    import yaml
+
+    out = copy.deepcopy(data)
+    for text in assignments:
+        key, sep, raw = text.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise UserError(f"--set: expected FIELD=VALUE (e.g. seed=1 or mix.full=0.5), got {text!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}: value {raw!r} is not valid YAML") from None
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            if not isinstance(node.get(part, {}), dict):
+                raise UserError(f"--set {key}: {part!r} is not a mapping in the config")
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def cmd_train(args) -> int:
     import shutil
 
@@ -103,7 +128,7 @@ def cmd_train(args) -> int:
     from labelmix.trainables.fit import fit
 
     path = Path(args.config)
-    config = load_config(read_yaml(path), source=str(path))
+    config = load_config(apply_overrides(read_yaml(path), args.set), source=str(path))
     out = Path(args.out or Path("runs") / path.stem)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.model_dump_json(indent=2, by_alias=True))
@@ -178,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="trial config YAML (fields of labelmix.trainables.config.TrainConfig)")
     p.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
     p.add_argument("--resume", default=None, help="checkpoint folder to continue from")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field, e.g. --set seed=1 --set mix.full=0.5 (repeatable)")
     p.set_defaults(func=cmd_train)
 
     from labelmix.platform.commands import register as register_platform

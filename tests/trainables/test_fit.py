@@ -1,3 +1,4 @@
+import json
 import math
 import shutil
 import subprocess
@@ -108,10 +109,36 @@ def test_train_cli_runs_and_writes_final_metrics(tmp_path):
     cfg = tiny(tmp_path, epochs=1).model_dump(mode="json", by_alias=True)
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "labelmix.cli", "train", str(path), "--out", str(out)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "labelmix.cli", "train", str(path), "--out", str(out),
+                           "--set", "seed=3", "--set", "mix.seed=2"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (out / "final_metrics.json").is_file() and (out / "checkpoint" / "state.pt").is_file()
+    written = json.loads((out / "config.json").read_text())
+    assert written["seed"] == 3 and written["mix"]["seed"] == 2 and written["mix"]["full"] == 0.25
+
+
+def test_train_overrides():
+    from labelmix.cli import apply_overrides
+
+    base = {"mix": {"full": 1.0}, "epochs": 8}
+    out = apply_overrides(base, ["seed=1", "mix.full=0.05", "mix.none=0.95", "ds_level_weights=[1, 0.5]", "augment=false"])
+    assert out == {"mix": {"full": 0.05, "none": 0.95}, "epochs": 8, "seed": 1, "ds_level_weights": [1, 0.5],
+                   "augment": False}
+    assert base == {"mix": {"full": 1.0}, "epochs": 8}  # the loaded YAML is not changed
+    assert apply_overrides({}, ["dataset.synthetic.seed=4"]) == {"dataset": {"synthetic": {"seed": 4}}}
+    for bad, message in [("seed", "expected FIELD=VALUE"), ("=1", "expected FIELD=VALUE"), ("mix..full=1", "expected FIELD=VALUE"),
+                         ("epochs.x=1", "'epochs' is not a mapping"), ("seed=[1", "not valid YAML")]:
+        with pytest.raises(UserError, match=message):
+            apply_overrides(base, [bad])
+
+
+def test_train_cli_bad_override_names_the_field(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump({"epochs": 1}))
+    proc = subprocess.run([sys.executable, "-m", "labelmix.cli", "train", str(path), "--set", "ema_decay=2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"labelmix: error: {path}: ema_decay: must be in the open interval (0, 1) (got 2)"
 
 
 def test_image_stats():
