@@ -109,8 +109,9 @@ class TrainConfig(_Strict):
     pseudo_threshold: float = Field(0.0, ge=0, le=1)
     pseudo_rampup: float = Field(0.3, ge=0, le=1)  # fraction of all steps for the sigmoid ramp-up
     pseudo_ds: bool = True  # deep supervision on the pseudo-label too
-    pseudo_foreground_weight: float = Field(1.0, ge=0)  # foreground_weight for the pseudo-label CE; 1: the
-    # teacher's false positives are not amplified (at 10 they fed back until the student marked fluid everywhere)
+    # foreground_weight for the pseudo-label CE. 1: the teacher's false positives are not amplified
+    # (at 10 they fed back until the student marked fluid everywhere, docs/RESULTS.md)
+    pseudo_foreground_weight: float = Field(1.0, ge=0)
     keep_model: Literal["teacher", "student"] = "teacher"
     # optimisation
     epochs: int = Field(20, ge=1)
