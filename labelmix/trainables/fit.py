@@ -51,7 +51,8 @@ class Run:
     teacher: Any  # timm.utils.ModelEmaV3
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    level_weights: tuple[float, ...]  # ds_level_weights: per DS level, coarsest first (not times ds_weight)
+    level_weights: tuple[float, ...]  # ds_level_weights: per DS level, coarsest first (global and box terms)
+    ds_weights: tuple[float, ...]  # ds_weight x level_weights (DS on masks and on pseudo-labels)
     class_weights: torch.Tensor  # CE weight per class, for masks
     pseudo_class_weights: torch.Tensor  # CE weight per class, for pseudo-labels
     steps_per_epoch: int
@@ -114,6 +115,9 @@ def build_run(config: TrainConfig) -> Run:
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, config.epochs * steps)),
         level_weights=tuple(level_weights),
+        # lambda_ds scales deep supervision only; the global and box terms have their own weights,
+        # so a study varying ds_weight leaves weak-label strength alone.
+        ds_weights=tuple(config.ds_weight * w for w in level_weights),
         class_weights=losses.class_weights(store.num_classes, config.foreground_weight).to(device),
         pseudo_class_weights=losses.class_weights(store.num_classes, config.pseudo_foreground_weight).to(device),
         steps_per_epoch=steps,
@@ -160,10 +164,7 @@ def train_epoch(run: Run, epoch: int, total_steps: int) -> dict[str, float]:
 
 def loss_terms(run: Run, batch, pseudo_weight: float) -> dict[str, torch.Tensor]:
     """The loss of METHOD.md, one term per annotation type; each term averages over its images."""
-    config, weights = run.config, run.level_weights
-    # lambda_ds scales deep supervision (on masks and on pseudo-labels) only; the global and box
-    # terms have their own weights, so a study varying ds_weight leaves weak-label strength alone.
-    ds_weights = tuple(config.ds_weight * w for w in weights)
+    config, weights, ds_weights = run.config, run.level_weights, run.ds_weights
     main, levels = run.student(batch.images)
     terms: dict[str, torch.Tensor] = {}
 
