@@ -45,10 +45,14 @@ BACKGROUND, IRF, SRF, PED = 0, 1, 2, 3
 _PAINT_ORDER = (IRF, SRF, PED)
 
 # Share of volumes that carry each fluid type (a volume may carry several). With the extents
-# sampled in _Volume, seed 0 at 200 volumes x 24 slices gives B-scans with IRF 37.8%, SRF 18.6%,
-# PED 16.2%, no fluid 49.4% (pixels: IRF 0.54%, SRF 0.19%, PED 0.19%); a class present in a
-# B-scan is present in a neighbouring B-scan 99.8% of the time. Generator version 2 made PED
+# sampled in _Volume, seed 0 at 200 volumes x 12 slices gives B-scans with IRF 35.3%, SRF 18.6%,
+# PED 16.2%, no fluid 50.9% (pixels: IRF 0.32%, SRF 0.19%, PED 0.19%); a class present in a
+# B-scan is present in a neighbouring B-scan 98.6% of the time. Generator version 2 made PED
 # taller, wider, darker and more frequent (version 1: 0.07% of pixels, hardly learnable at 128x128).
+# Version 3 made IRF cysts smaller, widened the volume-to-volume spread of contrast, gain, speckle
+# and fluid brightness, added dark choroidal vessel lumens (look like fluid, are not), and the
+# default went from 60 x 24 to 120 x 12 B-scans: as many images, twice as many independent
+# volumes, so a full mask set covers more of the anatomy and acquisition than 5% of it does.
 _P_IRF, _P_SRF, _P_PED = 0.7, 0.45, 0.4
 
 # Brightness profile along the layer coordinate L: 0 = ILM, 1 = OPL/ONL border, 2 = photoreceptor
@@ -72,8 +76,8 @@ _VITREOUS = -0.1
 class SynthSettings:
     """How many synthetic volumes, of which size, from which seed."""
 
-    volumes: int = 60
-    slices: int = 24  # B-scans per volume
+    volumes: int = 120
+    slices: int = 12  # B-scans per volume
     height: int = 128
     width: int = 128
     seed: int = 0
@@ -153,7 +157,7 @@ class _Volume:
             su, sv = rng.uniform(0.07, 0.18), rng.uniform(0.1, 0.25)
             self.edema = (cu, cv, su, sv, rng.uniform(0.03, 0.1))
             n = int(rng.integers(4, 26))
-            radius = np.exp(rng.uniform(np.log(2.5), np.log(8.5), n)) / 128  # 2.5..8.5 px at 128
+            radius = np.exp(rng.uniform(np.log(2.0), np.log(7.0), n)) / 128  # 2..7 px at 128
             self.cysts = np.stack([
                 np.clip(cv + rng.normal(0, sv * 0.7, n), 0.0, 1.0),  # v centre
                 np.clip(cu + rng.normal(0, su * 0.7, n), 0.02, 0.98),  # u centre
@@ -173,6 +177,21 @@ class _Volume:
                 self.ped.append(self._dome(rng, self.fovea_u + rng.normal(0, 0.15), self.fovea_v + rng.normal(0, 0.12),
                                            (0.08, 0.18), (0.12, 0.28), (0.05, 0.12), (0.5, 0.9)))
 
+        # Choroidal vessel lumens: dark ellipsoids just under Bruch's membrane, as dark as fluid but
+        # not fluid. They sit right below where PED sits (above Bruch's membrane), so telling the two
+        # apart takes the layer context, not only brightness.
+        n = int(rng.integers(3, 12))
+        radius = np.exp(rng.uniform(np.log(2.0), np.log(6.0), n)) / 128
+        self.lumens = np.stack([
+            rng.uniform(0.0, 1.0, n),  # v centre
+            rng.uniform(0.02, 0.98, n),  # u centre
+            rng.uniform(0.1, 0.6, n),  # depth within the choroid
+            radius * rng.uniform(1.5, 3.0, n),  # v radius
+            radius * rng.uniform(1.0, 2.5, n),  # u radius
+            radius * rng.uniform(0.6, 1.0, n),  # depth radius
+        ], axis=1)
+        self.lumen_brightness = rng.uniform(0.08, 0.3)
+
         # Vessels in the inner retina, running across slices; each casts a shadow below it.
         n = int(rng.integers(2, 7))
         self.vessels = np.stack([
@@ -180,16 +199,19 @@ class _Volume:
             rng.normal(0, 0.25, n),  # du/dv: vessels cross slices at an angle
             rng.uniform(0.8, 2.0, n) / 128,  # half-width (u units)
             rng.uniform(0.1, 0.35, n),  # depth within the inner retina
-            rng.uniform(0.08, 0.25, n),  # shadow strength (display units)
+            rng.uniform(0.08, 0.3, n),  # shadow strength (display units)
         ], axis=1)
 
-        # Acquisition: speckle (gamma shape; lower = stronger), dynamic range, gain.
-        self.speckle_shape = rng.uniform(0.3, 0.5)
-        self.speckle_scale = 10 / rng.uniform(26, 34) / np.log(10)  # display units per neper (dB range)
-        self.gain = rng.uniform(-0.04, 0.04)
+        # Acquisition: speckle (gamma shape; lower = stronger), dynamic range, tissue contrast, gain.
+        # These differ between devices and patients, so they vary widely between volumes: a model
+        # that has seen few volumes has seen few of these settings.
+        self.speckle_shape = rng.uniform(0.25, 0.55)
+        self.speckle_scale = 10 / rng.uniform(24, 36) / np.log(10)  # display units per neper (dB range)
+        self.contrast = rng.uniform(0.65, 1.15)  # tissue brightness spread around mid-grey
+        self.gain = rng.uniform(-0.07, 0.07)
         # Fluid brightness varies between volumes (devices, turbidity): always darker than the
         # tissue around it, but not by a fixed margin.
-        self.fluid_brightness = np.array([0.0, rng.uniform(0.1, 0.22), rng.uniform(0.08, 0.2), rng.uniform(0.1, 0.26)])
+        self.fluid_brightness = np.array([0.0, rng.uniform(0.08, 0.24), rng.uniform(0.06, 0.22), rng.uniform(0.08, 0.28)])
 
     @staticmethod
     def _dome(rng, cu, cv, width_u, width_v, height, power) -> tuple[float, ...]:
@@ -232,7 +254,7 @@ class _Volume:
         t_ch = H * self.t_choroid
         L = (np.clip((y - ilm) / t_in, 0, 1) + np.clip((y - opl) / t_out, 0, 1)
              + np.clip((y - rpe_top) / t_rpe, 0, 1) + np.clip((y - bruch) / t_ch, 0, 1.8))
-        img = np.interp(L, _PROFILE_L, _PROFILE_I)
+        img = 0.5 + self.contrast * (np.interp(L, _PROFILE_L, _PROFILE_I) - 0.5)
         img[y < ilm] = _VITREOUS
 
         # Choroid: smooth texture (vessel lumens and stroma), strongest just below Bruch's membrane.
@@ -256,10 +278,13 @@ class _Volume:
             spot = np.exp(-0.5 * ((y - yc) / max(0.7 * half * H, 0.6)) ** 2) * profile
             img += 0.8 * strength * spot * (L > 0)
 
+        # Choroidal lumens: dark, and not in the mask.
+        img[_ellipsoid_cut(self.lumens, v, bruch, bruch + t_ch, H, W) & (y >= bruch)] = self.lumen_brightness
+
         # Fluid: the mask is the geometry; the image takes the fluid brightness on exactly those pixels.
         mask = np.zeros((H, W), np.uint8)
         regions = {
-            IRF: self._cysts(v, ilm, tips) & (y >= ilm) & (y < tips),
+            IRF: _ellipsoid_cut(self.cysts, v, ilm, tips, H, W) & (y >= ilm) & (y < tips),
             SRF: (y >= tips) & (y < rpe_top),
             PED: (y >= rpe_bottom) & (y < bruch),
         }
@@ -273,7 +298,7 @@ class _Volume:
         img = ndimage.gaussian_filter(img, 0.6, mode="nearest")
         columns = ndimage.gaussian_filter1d(rng.normal(0, 0.06, W), max(1.0, 2 * W / 128), mode="wrap")
         img -= shadow
-        img += columns + self.gain
+        img += columns + self.gain + rng.normal(0, 0.02)  # per-B-scan gain jitter
         # Speckle grains span more than one pixel (wider than tall, as OCT's lateral resolution is
         # coarser): smooth a gamma field in linear units, then take the log.
         grain = (max(0.5, 0.5 * H / 128), max(0.5, 0.8 * W / 128))
@@ -282,30 +307,37 @@ class _Volume:
         image = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
         return image, mask
 
-    def _cysts(self, v: float, ilm: np.ndarray, tips: np.ndarray) -> np.ndarray:
-        """Union of the IRF cysts cut at slice v, as a boolean (H, W) mask (before clipping to the retina)."""
-        H, W = self.H, self.W
-        out = np.zeros((H, W), bool)
-        if not len(self.cysts):
-            return out
-        cv, cu, depth, rv, ru, ry = self.cysts.T
-        t = (v - cv) / rv
-        for i in np.flatnonzero(np.abs(t) < 1):
-            scale = np.sqrt(1 - t[i] ** 2)
-            rx_px, ry_px = ru[i] * scale * W, ry[i] * scale * H
-            if rx_px < 1.0 or ry_px < 1.0:
-                continue
-            xc = cu[i] * W - 0.5
-            col = int(np.clip(round(xc), 0, W - 1))
-            yc = ilm[col] + depth[i] * (tips[col] - ilm[col])
-            y0, y1 = max(int(yc - ry_px), 0), min(int(yc + ry_px) + 2, H)
-            x0, x1 = max(int(xc - rx_px), 0), min(int(xc + rx_px) + 2, W)
-            if y0 >= y1 or x0 >= x1:
-                continue
-            yy = np.arange(y0, y1)[:, None]
-            xx = np.arange(x0, x1)[None, :]
-            out[y0:y1, x0:x1] |= ((yy - yc) / ry_px) ** 2 + ((xx - xc) / rx_px) ** 2 <= 1
+
+def _ellipsoid_cut(
+    ellipsoids: np.ndarray, v: float, top: np.ndarray, bottom: np.ndarray, H: int, W: int
+) -> np.ndarray:
+    """Union of 3-D ellipsoids cut at slice v, as a boolean (H, W) mask.
+
+    Each row of ``ellipsoids`` is (v centre, u centre, depth, v radius, u radius, depth radius) in
+    volume units; depth is a fraction of the band between the per-column rows ``top`` and ``bottom``
+    (pixels, shape (W,)) at the centre column. Callers clip the result to the band they want.
+    """
+    out = np.zeros((H, W), bool)
+    if not len(ellipsoids):
         return out
+    cv, cu, depth, rv, ru, ry = ellipsoids.T
+    t = (v - cv) / rv
+    for i in np.flatnonzero(np.abs(t) < 1):
+        scale = np.sqrt(1 - t[i] ** 2)
+        rx_px, ry_px = ru[i] * scale * W, ry[i] * scale * H
+        if rx_px < 1.0 or ry_px < 1.0:
+            continue
+        xc = cu[i] * W - 0.5
+        col = int(np.clip(round(xc), 0, W - 1))
+        yc = top[col] + depth[i] * (bottom[col] - top[col])
+        y0, y1 = max(int(yc - ry_px), 0), min(int(yc + ry_px) + 2, H)
+        x0, x1 = max(int(xc - rx_px), 0), min(int(xc + rx_px) + 2, W)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        yy = np.arange(y0, y1)[:, None]
+        xx = np.arange(x0, x1)[None, :]
+        out[y0:y1, x0:x1] |= ((yy - yc) / ry_px) ** 2 + ((xx - xc) / rx_px) ** 2 <= 1
+    return out
 
 
 def save_montage(

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from labelmix.trainables.data.store import DEFAULT_SPLIT_FRACTIONS, Record, StoreSummary, write_store
 from labelmix.trainables.data.synth import SYNTH_CLASSES, SynthSettings, synthesize, volume_id
 
-GENERATOR_VERSION = 2  # bump when the generator's output changes, so cached stores are rebuilt
+GENERATOR_VERSION = 3  # bump when the generator's output changes, so cached stores are rebuilt
 
 
 def write_synthetic_store(

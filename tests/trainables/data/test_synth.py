@@ -14,6 +14,7 @@ from labelmix.trainables.data.synth import (
     SYNTH_CLASSES,
     SynthSettings,
     SynthSlice,
+    _ellipsoid_cut,
     save_montage,
     synthesize,
     synthesize_volume,
@@ -178,5 +179,23 @@ def test_cli_synth_uses_the_generator_defaults_it_is_not_given(tmp_path, capsys)
     out = tmp_path / "s.parquet"
     assert main(["data", "synth", "--out", str(out), "--slices", "1", "--size", "32", "32"]) == 0
     store = load_store(out)
-    assert len(store) == SynthSettings().volumes == 60  # --volumes left out: the generator's default
-    assert f"wrote 60 images to {out}" in capsys.readouterr().out
+    assert len(store) == SynthSettings().volumes == 120  # --volumes left out: the generator's default
+    assert f"wrote 120 images to {out}" in capsys.readouterr().out
+
+
+def test_ellipsoid_cut_hand_counted():
+    # one ellipsoid in the middle of a 16x16 slice, in the middle of a band from row 0 to row 16:
+    # centre (row 8, column 7.5), radii 2 rows x 4 columns. Rows 7 and 9 hold columns 5..10 (6 each),
+    # row 8 holds 4..11 (8); rows 6 and 10 touch the ellipse only at column 7.5, between pixels.
+    ellipsoid = np.array([[0.5, 0.5, 0.5, 0.1, 4 / 16, 2 / 16]])
+    band_top, band_bottom = np.zeros(16), np.full(16, 16.0)
+    cut = _ellipsoid_cut(ellipsoid, 0.5, band_top, band_bottom, 16, 16)
+    assert cut.sum() == 20
+    assert np.array_equal(np.flatnonzero(cut.any(axis=1)), [7, 8, 9])
+    assert np.array_equal(np.flatnonzero(cut[8]), np.arange(4, 12))
+    # at the edge of its v extent the cut is empty, and so is a slice beyond it
+    assert not _ellipsoid_cut(ellipsoid, 0.6, band_top, band_bottom, 16, 16).any()
+    assert not _ellipsoid_cut(ellipsoid, 0.9, band_top, band_bottom, 16, 16).any()
+    # the band moves the centre: depth 0.5 of rows 4..8 is row 6
+    moved = _ellipsoid_cut(ellipsoid, 0.5, np.full(16, 4.0), np.full(16, 8.0), 16, 16)
+    assert np.array_equal(np.flatnonzero(moved.any(axis=1)), [5, 6, 7])
