@@ -6,8 +6,8 @@ parameters the terms share (encoder and decoder, not the heads), averaged over t
 the mask cross-entropy of the main head, and per DS level the multi-label DS on masks, the
 global-label term, the box term's exact-negative BCE and its per-box multiple-instance (MIL) term,
 each with the weight the config gives it. Also the cosine between the summed weak-label gradient
-and the mask gradient. With --checkpoint the network is a trained one instead of the initial one
-(results/weak_gradients_checkpoint.json instead of results/weak_gradients.json).
+and the mask gradient. With --checkpoint the network is a trained one instead of the initial one.
+Results: results/weak_gradients[_checkpoint]_w<global weight>-<box weight>.json.
 
 Run: .venv/bin/python benchmarks/weak_gradients.py [--config configs/full5_weak.yaml --batches 4 --set FIELD=VALUE ...]
 """
@@ -87,8 +87,10 @@ def main() -> None:
     print(f"{'term':16s} {'|grad|':>8s}")
     for name, value in norms.items():
         print(f"{name:16s} {value:8.4f}")
-    save("weak_gradients_checkpoint" if args.checkpoint else "weak_gradients", {
+    name = f"weak_gradients{'_checkpoint' if args.checkpoint else ''}_w{config.global_weight:g}-{config.box_weight:g}"
+    save(name, {
         "config": args.config, "set": args.set, "checkpoint": args.checkpoint, "batches": args.batches,
+        "global_weight": config.global_weight, "box_weight": config.box_weight,
         "gradient_norm": norms,
         "mask_total": round(float(mask.norm()), 4),
         "weak_total": round(float(weak.norm()), 4),
