@@ -169,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = data.add_parser("synth", help="generate synthetic OCT B-scans into a store")
     p.add_argument("--out", required=True, help="store file to write (.parquet)")
-    p.add_argument("--volumes", type=int, default=None, help="volumes (default: the generator's, 60)")
-    p.add_argument("--slices", type=int, default=None, help="B-scans per volume (default: the generator's, 24)")
+    p.add_argument("--volumes", type=int, default=None, help="volumes (default: the generator's, SynthSettings)")
+    p.add_argument("--slices", type=int, default=None, help="B-scans per volume (default: the generator's, SynthSettings)")
     p.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"))
     p.add_argument("--seed", type=int, default=0)
     split_args(p)
