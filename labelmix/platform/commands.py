@@ -158,6 +158,20 @@ def cmd_logs(args) -> int:
     return 1 if status in ("FAILED", "STOPPED") else 0
 
 
+def cmd_table(args) -> int:
+    from pathlib import Path
+
+    from labelmix.platform.paired import format_paired, paired_table
+    from labelmix.platform.trial_table import TRIALS_FILE, read_table
+
+    folder = Path(args.study)
+    if not (folder / TRIALS_FILE).is_file():
+        raise UserError(f"{args.study}: no {TRIALS_FILE} here; give a study folder such as studies/annotation-types")
+    table = paired_table(read_table(folder), args.metric, args.baseline)
+    print(format_paired(table, args.metric, args.baseline))
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("spaces", help="list the built-in study specs")
     p.set_defaults(func=cmd_spaces)
@@ -186,6 +200,12 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_resume)
 
     jobs_help = "the Ray Jobs API of the cluster (default $RAY_ADDRESS, else http://127.0.0.1:8265: the SSH tunnel)"
+    p = sub.add_parser("table", help="paired table of a seed x cases study: mean, std, paired difference to a baseline case")
+    p.add_argument("study", help="study folder (holds trials.parquet)")
+    p.add_argument("--metric", default="val/miou", help="a metric column of the trial table (default val/miou)")
+    p.add_argument("--baseline", default=None, help="case to pair every case with, e.g. '5%% alone'")
+    p.set_defaults(func=cmd_table)
+
     p = sub.add_parser("status", help="state of a study submitted as a Ray job (exit 1 if it failed or was stopped)")
     p.add_argument("job_id", help="the id `labelmix submit --address http://...` printed (raysubmit_...)")
     p.add_argument("--address", default=None, help=jobs_help)

@@ -9,68 +9,19 @@ back first: trials that finished before are kept as they were.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from ray.tune import Callback
 
-from labelmix.platform.frontier import pareto_mask
-from labelmix.platform.space import trial_config
+from labelmix.platform.space import case_name, trial_config
+from labelmix.platform.trial_table import COST, FRONTIER_FILE, SCORE, TRIALS_FILE, flatten, frontier_of, with_pareto, write_parquet
 
-TRIALS_FILE = "trials.parquet"
-FRONTIER_FILE = "frontier.parquet"
-COST, SCORE = "cost/hours", "val/miou"
 _KEPT_PREFIXES = ("val/", "test/", "cost/", "labels/", "train/loss", "epoch", "status/", "time/", "node/", "gpu/")
-
-
-def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        elif isinstance(value, (list, tuple)):
-            out[name] = str(list(value))
-        else:
-            out[name] = value
-    return out
-
-
-def read_table(directory: Path) -> pd.DataFrame:
-    """The trial table of a study folder (empty when no trial has been recorded yet)."""
-    path = Path(directory) / TRIALS_FILE
-    return with_pareto(pd.read_parquet(path)) if path.is_file() else with_pareto(pd.DataFrame({"status": []}))
-
-
-def with_pareto(frame: pd.DataFrame) -> pd.DataFrame:
-    """Adds the ``pareto`` column: finished trials not dominated in (cost/hours min, val/miou max)."""
-    frame = frame.copy()
-    if frame.empty or COST not in frame or SCORE not in frame:
-        frame["pareto"] = False
-        return frame
-    done = (frame["status"] == "TERMINATED").to_numpy()
-    cost = np.where(done, frame[COST].astype(float).to_numpy(), np.nan)
-    score = np.where(done, frame[SCORE].astype(float).to_numpy(), np.nan)
-    frame["pareto"] = pareto_mask(cost, score)
-    return frame
-
-
-def frontier_of(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = with_pareto(frame)
-    if COST not in frame:
-        return frame.iloc[:0]
-    return frame[frame["pareto"]].sort_values(COST).reset_index(drop=True)
-
-
-def write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
 
 
 class ResultsTable(Callback):
@@ -136,6 +87,9 @@ class ResultsTable(Callback):
         if trial.trial_id not in self.rows:
             try:
                 config = flatten(trial_config(self.spec, trial.config), "config/")
+                name = case_name(self.spec, trial.config)
+                if name is not None:
+                    config["case"] = name
             except Exception as exc:  # a config that fails validation is recorded, and the trial errors
                 config = {"config/error": str(exc)}
             self.rows[trial.trial_id] = {"trial_id": trial.trial_id, "status": "PENDING", **config}

@@ -20,7 +20,7 @@ from labelmix.platform.spec import Axis, StudySpec, assemble_config, grid_points
 from labelmix.trainables.config import TrainConfig
 from labelmix.trainables.data.annotations import AnnotationMix
 
-__all__ = ["grid_size", "mix_of", "optuna_grid", "options", "trial_config", "tune_param_space"]
+__all__ = ["case_name", "grid_size", "mix_of", "optuna_grid", "options", "trial_config", "tune_param_space"]
 
 
 def options(axis: Axis) -> list:
@@ -96,6 +96,14 @@ def trial_config(spec: StudySpec, sampled: Mapping[str, Any]) -> dict[str, Any]:
         raise UserError(f"trial config: {unknown} are not searched by the spec; searched: {sorted(searched)}")
     values = {name: _decode(axis, sampled[name]) for name, axis in searched.items() if name in sampled}
     return assemble_config(spec, values)
+
+
+def case_name(spec: StudySpec, sampled: Mapping[str, Any]) -> str | None:
+    """The name of the ``space.cases`` case a trial samples (None when the space has no cases)."""
+    axis = next((a for a in spec.searched if a.name == "cases"), None)
+    if axis is None or "cases" not in sampled:
+        return None
+    return _decode(axis, sampled["cases"])["name"]
 
 
 def mix_of(config: Mapping[str, Any] | TrainConfig) -> AnnotationMix:

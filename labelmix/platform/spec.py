@@ -258,6 +258,45 @@ def _parse_mix(raw: Any, path: str) -> list[Axis]:
     return axes
 
 
+def _parse_cases(raw: Any, path: str, taken: set[str]) -> Axis:
+    """``space.cases``: a grid (or choice) of cases, each a mapping of trial config fields set together,
+    such as ``{name: 5% alone, mix: {full: 0.05, none: 0.95}, pseudo_weight: 0}``; a case's ``mix``
+    is a complete mix; ``name`` (default "case I") labels its trials in the trial table."""
+    if not isinstance(raw, Mapping) or len(raw) != 1 or next(iter(raw)) not in ("grid", "choice"):
+        raise UserError(f"{path}: give {{grid: [cases]}} or {{choice: [cases]}}, each case a mapping of trial config fields")
+    kind = next(iter(raw))
+    dist = validated(_DISTRIBUTION_MODELS[kind], dict(raw), prefix=path)
+    cases, names = [], set()
+    for i, case in enumerate(getattr(dist, kind)):
+        where = f"{path}.{kind}.{i}"
+        if not isinstance(case, Mapping) or not case:
+            raise UserError(f"{where}: a case is a non-empty mapping of trial config fields, got {case!r}")
+        name = case.get("name", f"case {i}")
+        if not isinstance(name, str) or not name.strip():
+            raise UserError(f"{where}.name: a case name is a non-empty string, got {name!r}")
+        if name in names:
+            raise UserError(f"{where}.name: {name!r} names two cases; case names are unique")
+        names.add(name)
+        case = {k: v for k, v in case.items() if k != "name"}
+        for key in case:
+            _check_field(key, where)
+            if key in taken:
+                raise UserError(f"{where}.{key}: also set in fixed or space; a field is set in one place")
+        case = dict(case)
+        if "mix" in case:
+            mix = case["mix"]
+            if not isinstance(mix, Mapping):
+                raise UserError(f"{where}.mix: a complete mix is a mapping such as {{full: 0.06, none: 0.94}}, got {mix!r}")
+            try:
+                case["mix"] = AnnotationMix.from_mapping(mix).as_dict()
+            except UserError as exc:
+                raise UserError(f"{where}.{exc}") from None
+            except (TypeError, ValueError):
+                raise UserError(f"{where}.mix: mix fractions must be numbers, got {dict(mix)!r}") from None
+        cases.append({"name": name, **case})
+    return Axis("cases", kind, tuple(cases))
+
+
 def _check_field(key: Any, section: str) -> None:
     """A key of ``space`` or ``fixed`` must be a TrainConfig field that trials may vary."""
     fields = TrainConfig.model_fields
@@ -408,6 +447,10 @@ class StudySpec(_Strict):
     def _parse_space(self) -> tuple[Axis, ...]:
         axes: list[Axis] = []
         for key, raw in self.space.items():
+            if key == "cases":
+                taken = {k.split(".")[0] for k in [*self.space, *self.fixed] if k != "cases"}
+                axes.append(_parse_cases(raw, "space.cases", taken))
+                continue
             _check_field(key, "space")
             if key in self.fixed:
                 raise UserError(f"space.{key}: also set in fixed; a field is either fixed or searched")
@@ -491,6 +534,11 @@ class StudySpec(_Strict):
         for axis in self._axes:
             if axis.name.startswith("mix"):
                 continue  # checked by _parse_mix and by the representative trial below
+            if axis.name == "cases":
+                others = {a.name: a.lowest() for a in self.searched if a.name != "cases"}
+                for i, case in enumerate(axis.candidates()):
+                    load_config(assemble_config(self, {**others, "cases": case}), prefix=f"space.cases.{axis.kind}.{i}")
+                continue
             for value in axis.candidates():
                 load_config({**base, axis.name: value}, prefix="space")
             if axis.kind in ("uniform", "loguniform") and axis.values[0] < axis.values[1]:
@@ -516,17 +564,25 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def _base_config(spec: StudySpec) -> dict[str, Any]:
+def _mix_seed(spec: StudySpec, values: Mapping[str, Any]) -> int:
+    """The mix seed a trial gets unless the spec sets one: its ``seed`` when the space searches
+    ``seed`` (a seed is then one paired replicate: weights, batch order and which images get which
+    label, the same images for every mix of that seed), else ``search.seed``."""
+    return values["seed"] if "seed" in values else spec.search.seed
+
+
+def _base_config(spec: StudySpec, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The trial config of the fixed settings alone (searched fields keep TrainConfig's defaults)."""
+    mix_seed = _mix_seed(spec, values or {})
     config = copy.deepcopy(dict(spec.fixed))
     config["dataset"] = spec.dataset.model_dump(exclude_none=True)
     config["cost"] = spec.cost.model_dump()
     mix = config.get("mix")
     if isinstance(mix, Mapping):
         # Missing types are 0 here as in space.mix (MixConfig alone would default full to 1).
-        config["mix"] = {**{t: 0.0 for t in ANNOTATION_TYPES}, "seed": spec.search.seed, **mix}
+        config["mix"] = {**{t: 0.0 for t in ANNOTATION_TYPES}, "seed": mix_seed, **mix}
     elif mix is None:
-        config["mix"] = {"full": 1.0, "seed": spec.search.seed}
+        config["mix"] = {"full": 1.0, "seed": mix_seed}
     return config
 
 
@@ -536,17 +592,22 @@ def assemble_config(spec: StudySpec, values: Mapping[str, Any]) -> dict[str, Any
     Mix weights are normalised to fractions, so any non-negative weights with a positive sum
     reach every point of the simplex; weights that sum to 0 are not a mix and raise UserError.
     """
-    config = _base_config(spec)
+    config = _base_config(spec, values)
     mix_values: dict[str, Any] = {}
     for axis in spec.axes:
         if axis.searched and axis.name not in values:
             raise UserError(f"trial config: no value for the searched field {axis.path}")
         value = copy.deepcopy(values[axis.name]) if axis.searched else axis.values[0]
-        if axis.name == "mix" or axis.name.startswith("mix."):
+        if axis.name == "cases":
+            value.pop("name")  # the case's label (the trial table's `case` column), not a config field
+            if "mix" in value:
+                mix_values["mix"] = value.pop("mix")
+            config.update(value)
+        elif axis.name == "mix" or axis.name.startswith("mix."):
             mix_values[axis.name] = value
         else:
             config[axis.name] = value
-    seed = mix_values.pop("mix.seed", spec.search.seed)
+    seed = mix_values.pop("mix.seed", _mix_seed(spec, values))
     if "mix" in mix_values:
         config["mix"] = {**mix_values["mix"], "seed": seed}
     elif mix_values:

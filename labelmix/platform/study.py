@@ -32,7 +32,8 @@ from ray import tune
 
 from labelmix.errors import UserError
 from labelmix.platform.cluster import attach, check_storage, cluster_shape, is_shared_path, scheme_of
-from labelmix.platform.results import FRONTIER_FILE, TRIALS_FILE, ResultsTable, frontier_of, read_table
+from labelmix.platform.results import ResultsTable
+from labelmix.platform.trial_table import FRONTIER_FILE, TRIALS_FILE, frontier_of, read_table
 from labelmix.platform.space import optuna_grid, tune_param_space
 from labelmix.platform.spec import StudySpec, load_spec
 from labelmix.platform.tracking import study_tracking

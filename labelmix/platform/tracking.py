@@ -46,7 +46,7 @@ import pandas as pd
 from ray.tune import Callback
 
 from labelmix.errors import UserError
-from labelmix.platform.results import COST, flatten, with_pareto
+from labelmix.platform.trial_table import COST, flatten, with_pareto
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -155,3 +156,36 @@ def make_batch(data: TensorSet, types: torch.Tensor, index: np.ndarray, augmente
     if augmenter is not None:
         images, masks, boxes = augmenter(images, masks, boxes)
     return Batch(images, masks, types[idx].long(), data.global_labels[idx], boxes)
+
+
+def strong_view(images: torch.Tensor) -> torch.Tensor:
+    """The student's strongly augmented view of a batch (FixMatch / UniMatch style), photometric only.
+
+    Stronger gamma, contrast and brightness jitter than ``_intensity``, a Gaussian blur on half of
+    the images and additive noise; no geometric change, so the teacher's pseudo-label on the weak
+    view (the input here) and every weak label stay aligned with the student's pixels.
+    """
+    b = images.shape[0]
+    gen = dict(device=images.device, dtype=images.dtype)
+    gamma = torch.empty(b, 1, 1, 1, **gen).uniform_(0.6, 1.6)
+    contrast = torch.empty(b, 1, 1, 1, **gen).uniform_(0.6, 1.4)
+    brightness = torch.empty(b, 1, 1, 1, **gen).uniform_(-0.15, 0.15)
+    out = images.clamp_min(0).pow(gamma) * contrast + brightness
+    sigma = torch.empty(b, **gen).uniform_(0.3, 1.5)
+    blurred = gaussian_blur(out, sigma)
+    use_blur = (torch.rand(b, 1, 1, 1, device=images.device) < 0.5).to(images.dtype)
+    out = use_blur * blurred + (1 - use_blur) * out
+    noise = torch.randn_like(out) * torch.empty(b, 1, 1, 1, **gen).uniform_(0.0, 0.08)
+    return (out + noise).clamp_(0, 1)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """Separable Gaussian blur, one sigma per image: B x 1 x H x W -> same (edge pixels repeated)."""
+    b = images.shape[0]
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2)  # B x K
+    kernel = kernel / kernel.sum(1, keepdim=True)
+    x = images.transpose(0, 1)  # 1 x B x H x W: one group per image
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=b)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel[:, None, :, None], groups=b)
+    return x.transpose(0, 1)

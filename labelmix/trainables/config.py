@@ -95,20 +95,38 @@ class TrainConfig(_Strict):
     ds_weight: float = Field(0.2, ge=0)  # lambda_ds; 0.2: at 1.0 the DS terms slowed the main head (docs/RESULTS.md)
     ds_level_weights: Optional[tuple[float, ...]] = None  # coarsest first; None: all 1 (global and box terms use them too)
     foreground_weight: float = Field(10.0, ge=0)  # CE weight of every non-background class (background 1); fluid is ~1% of pixels
-    # weak labels
-    # global and box terms: weight x sum over levels of ds_level_weights x the level's loss; not scaled
-    # by ds_weight. 0.02: their max-pooled terms put the whole gradient on one cell per image, and at
-    # 0.2 they pulled on the shared network 8x harder than the masks; a 5% mix then scored lower with
-    # them than without, and lower than at 0.02 with every seed (docs/RESULTS.md, benchmarks/weak_gradients.py)
-    global_weight: float = Field(0.02, ge=0)
-    box_weight: float = Field(0.02, ge=0)
+    # cells with ignored pixels (uncertain pseudo-labels): a negative needs every pixel of the cell
+    # labelled; "any_labelled" is the first rule (0.149 vs 0.366 val mIoU on box pseudo-masks, METHOD.md)
+    ds_negative_rule: Literal["all_labelled", "any_labelled"] = "all_labelled"
+    # weak labels, dense (weak_losses.py): each term a mean per pixel, line, box or cell, so 1 is
+    # "as strong as a mask" per unit
+    negative_weight: float = Field(1.0, ge=0)  # exact negatives per pixel on the main head (box and global images)
+    tightness_weight: float = Field(1.0, ge=0)  # every row and column of a box holds its class
+    box_line_sharpness: float = Field(10.0, gt=0)  # r of the smooth max along a box line
+    box_size_weight: float = Field(1.0, ge=0)  # band on the share of a box its class fills
+    box_fill: tuple[float, float] = (0.5, 0.9)
+    pairwise_weight: float = Field(1.0, ge=0)  # inside boxes, neighbours of similar intensity share a class (BoxInst)
+    pairwise_dilation: int = Field(1, ge=1)  # pixels between the two ends of a pair
+    # |intensity difference| (images in [0, 1], smoothed) below which a pair counts as similar. 0.05: on
+    # the synthetic training set 93% of such pairs inside boxes share a class (benchmarks/pairwise_prior.py)
+    pairwise_threshold: float = Field(0.05, gt=0)
+    presence_weight: float = Field(1.0, ge=0)  # a present global class fills its top presence_area pixels
+    presence_area: int = Field(16, ge=1)  # pixels at full resolution; 1 is the hard max
+    weak_ds_weight: float = Field(1.0, ge=0)  # x ds_weights: exact multi-label targets of boxes and global labels
+    # The first formulation (max-pooled global term, per-box MIL): weight x sum over levels of
+    # ds_level_weights x the level's loss. Off by default: its hard max put the whole gradient on
+    # one cell per image, 8x the masks' at 0.2 and nearly nothing at 0.02 (docs/RESULTS.md).
+    global_weight: float = Field(0.0, ge=0)
+    box_weight: float = Field(0.0, ge=0)
     box_positive_max_size: int = Field(16, ge=1)  # pooled-box positives only at levels no larger than this
     box_mil_weight: float = Field(1.0, ge=0)
     # teacher and pseudo-labels
     ema_decay: float = 0.99
     ema_warmup: bool = True  # timm's warm-up: decay min(ema_decay, 1 - (1 + step)^(-2/3)), so short runs' teachers keep up
     pseudo_weight: float = Field(1.0, ge=0)
-    pseudo_threshold: float = Field(0.0, ge=0, le=1)
+    # pixels whose constrained top probability is below this are ignored (exact ones never are)
+    pseudo_threshold: float = Field(0.8, ge=0, le=1)
+    strong_augment: bool = True  # the student learns weak images on a strong photometric view, the teacher sees the weak one
     pseudo_rampup: float = Field(0.3, ge=0, le=1)  # fraction of all steps for the sigmoid ramp-up
     pseudo_ds: bool = True  # deep supervision on the pseudo-label too
     # foreground_weight for the pseudo-label CE. 1: the teacher's false positives are not amplified
@@ -127,6 +145,8 @@ class TrainConfig(_Strict):
     # run
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of forward passes; fp16 (CUDA only) adds a gradient scaler
+    channels_last: bool = False  # NHWC memory format for the model and its inputs
     threads: Optional[int] = Field(None, ge=1)  # torch intra-op threads; None: leave as is
     cache_dir: str = ".labelmix/cache"
 
@@ -142,6 +162,13 @@ class TrainConfig(_Strict):
     def _depth_non_negative(cls, v):
         if v != "max" and v < 0:
             raise ValueError("must be >= 0 or 'max'")
+        return v
+
+    @field_validator("box_fill")
+    @classmethod
+    def _fill_band(cls, v):
+        if not 0.0 <= v[0] <= v[1] <= 1.0:
+            raise ValueError("must be [low, high] with 0 <= low <= high <= 1")
         return v
 
     @field_validator("ds_level_weights", "decoder_channels")

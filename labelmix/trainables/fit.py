@@ -6,6 +6,7 @@ metrics and a checkpoint folder; ``labelmix train`` passes one that prints and k
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import tempfile
@@ -18,14 +19,14 @@ import numpy as np
 import torch
 
 from labelmix.errors import UserError
-from labelmix.trainables import losses
 from labelmix.trainables.batches import Augmenter, TensorSet, batch_indices, make_batch, to_tensors
 from labelmix.trainables.config import TrainConfig, load_config
-from labelmix.trainables.data.annotations import BOX, FULL, GLOBAL, MixCost, assign_mix, mix_cost
+from labelmix.trainables.criterion import Criterion, build_criterion
+from labelmix.trainables.data.annotations import MixCost, assign_mix, mix_cost
 from labelmix.trainables.data.store import ImageStore, load_store
 from labelmix.trainables.metrics import confusion_matrix, segmentation_scores
 from labelmix.trainables.model import build_model, num_levels
-from labelmix.trainables.teacher import allowed_classes, constrained_pseudo_labels, make_teacher, rampup, update_teacher
+from labelmix.trainables.teacher import make_teacher, rampup, update_teacher
 
 Report = Callable[[Mapping[str, float], Optional[str]], None]
 CHECKPOINT_FILE = "state.pt"
@@ -51,10 +52,8 @@ class Run:
     teacher: Any  # timm.utils.ModelEmaV3
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    level_weights: tuple[float, ...]  # ds_level_weights: per DS level, coarsest first (global and box terms)
-    ds_weights: tuple[float, ...]  # ds_weight x level_weights (DS on masks and on pseudo-labels)
-    class_weights: torch.Tensor  # CE weight per class, for masks
-    pseudo_class_weights: torch.Tensor  # CE weight per class, for pseudo-labels
+    criterion: Criterion  # every loss term, resolved once from the config
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
     steps_per_epoch: int
     rng: np.random.Generator
     augmenter: Optional[Augmenter]
@@ -89,6 +88,8 @@ def build_run(config: TrainConfig) -> Run:
     train_store, types, cost = plan_annotations(config, store)
 
     depth = num_levels(config.encoder) if config.ds_depth == "max" else config.ds_depth  # build_model checks it
+    if config.precision == "fp16" and device.type != "cuda":
+        raise UserError("precision: fp16 needs a CUDA device; use bf16 on the CPU")
     train = to_tensors(train_store)
     student = build_model(
         config.encoder, store.num_classes, in_chans=1, ds_depth=depth,
@@ -96,9 +97,11 @@ def build_run(config: TrainConfig) -> Run:
         decoder_scale=config.decoder_scale, unet_base_channels=config.unet_base_channels,
         input_stats=image_stats(train.images) if config.normalize_input else (0.0, 1.0),
     ).to(device)
-    level_weights = config.ds_level_weights or (1.0,) * depth
-    if len(level_weights) != depth:
-        raise UserError(f"ds_level_weights: {len(level_weights)} weights for {depth} supervised levels")
+    if config.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # shapes are fixed within a run
+    criterion = build_criterion(config, store.num_classes, depth, device)
     steps = config.steps_per_epoch or max(1, len(train_store) // config.batch_size)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return Run(
@@ -114,12 +117,8 @@ def build_run(config: TrainConfig) -> Run:
         teacher=make_teacher(student, config.ema_decay, warmup=config.ema_warmup),
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, config.epochs * steps)),
-        level_weights=tuple(level_weights),
-        # lambda_ds scales deep supervision only; the global and box terms have their own weights,
-        # so a study varying ds_weight leaves weak-label strength alone.
-        ds_weights=tuple(config.ds_weight * w for w in level_weights),
-        class_weights=losses.class_weights(store.num_classes, config.foreground_weight).to(device),
-        pseudo_class_weights=losses.class_weights(store.num_classes, config.pseudo_foreground_weight).to(device),
+        criterion=criterion,
+        scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"),
         steps_per_epoch=steps,
         rng=np.random.default_rng(config.seed),
         augmenter=Augmenter() if config.augment else None,
@@ -150,8 +149,9 @@ def train_epoch(run: Run, epoch: int, total_steps: int) -> dict[str, float]:
             detail = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
             raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {i + 1}: {detail}")
         run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
         run.scheduler.step()
         update_teacher(run.teacher, run.student, step)
         for name, value in terms.items():
@@ -163,45 +163,23 @@ def train_epoch(run: Run, epoch: int, total_steps: int) -> dict[str, float]:
 
 
 def loss_terms(run: Run, batch, pseudo_weight: float) -> dict[str, torch.Tensor]:
-    """The loss of METHOD.md, one term per annotation type; each term averages over its images."""
-    config, weights, ds_weights = run.config, run.level_weights, run.ds_weights
-    main, levels = run.student(batch.images)
-    terms: dict[str, torch.Tensor] = {}
+    """The loss of METHOD.md, one term per annotation type and weak-label component (criterion.py)."""
+    with autocast(run):
+        return run.criterion.terms(run.student, run.teacher.module, _memory_format(run, batch), pseudo_weight)
 
-    full = batch.types == FULL
-    if full.any():
-        terms["full"] = losses.cross_entropy(main[full], batch.masks[full], run.class_weights) + losses.ds_loss(
-            config.ds_type, [lv[full] for lv in levels], batch.masks[full], ds_weights
-        )
 
-    glob = batch.types == GLOBAL
-    if glob.any() and levels and config.global_weight > 0:
-        terms["global"] = config.global_weight * losses.global_loss(
-            [lv[glob] for lv in levels], batch.global_labels[glob], weights
-        )
+def autocast(run: Run):
+    """The run's mixed-precision context (a no-op at fp32)."""
+    if run.config.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if run.config.precision == "bf16" else torch.float16
+    return torch.autocast(run.device.type, dtype=dtype)
 
-    box = batch.types == BOX
-    box_mask = losses.box_masks(batch.boxes, main.shape[1], *main.shape[-2:], device=main.device)  # B x C x H x W
-    if box.any() and levels and config.box_weight > 0:
-        box_rows = box.nonzero().flatten().tolist()
-        terms["box"] = config.box_weight * losses.box_loss(
-            [lv[box] for lv in levels], box_mask[box], [batch.boxes[i] for i in box_rows], weights,
-            positive_max_size=config.box_positive_max_size, mil_weight=config.box_mil_weight,
-        )
 
-    weak = ~full
-    if weak.any() and pseudo_weight > 0:
-        with torch.no_grad():
-            teacher_main, _ = run.teacher.module(batch.images[weak])
-            allowed = allowed_classes(batch.types[weak], batch.global_labels[weak], box_mask[weak])
-            pseudo = constrained_pseudo_labels(teacher_main, allowed, config.pseudo_threshold)
-        terms["pseudo"] = pseudo_weight * losses.pseudo_label_loss(
-            main[weak], [lv[weak] for lv in levels], pseudo, config.ds_type, ds_weights, use_ds=config.pseudo_ds,
-            weight=run.pseudo_class_weights,
-        )
-    if not terms:  # e.g. only weak images and every weak weight at 0 during ramp-up
-        terms["zero"] = main.sum() * 0.0
-    return terms
+def _memory_format(run: Run, batch):
+    if run.config.channels_last:
+        batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+    return batch
 
 
 @torch.no_grad()
@@ -223,7 +201,9 @@ def evaluate_models(run: Run, data: TensorSet, split: str, student_and_teacher: 
     names = list(models) if student_and_teacher else [run.config.keep_model]
     out: dict[str, float] = {}
     for name in names:
-        scores = segmentation_scores(confusion(models[name], data, len(run.class_names), run.device), run.class_names, split)
+        with autocast(run):
+            cm = confusion(models[name], data, len(run.class_names), run.device)
+        scores = segmentation_scores(cm, run.class_names, split)
         if name == run.config.keep_model:
             out.update(scores)
         out[f"{split}/{name}/miou"] = scores[f"{split}/miou"]
@@ -238,6 +218,7 @@ def save_checkpoint(run: Run, epochs_done: int, directory: str) -> None:
         "teacher": run.teacher.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
         "rng_numpy": run.rng.bit_generator.state,
         "rng_torch": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -258,6 +239,8 @@ def load_checkpoint(run: Run, directory: str) -> int:
     run.teacher.load_state_dict(state["teacher"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
     run.rng.bit_generator.state = state["rng_numpy"]
     torch.set_rng_state(state["rng_torch"])
     if state["rng_cuda"] is not None and torch.cuda.is_available():

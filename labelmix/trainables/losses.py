@@ -67,26 +67,42 @@ def cross_entropy(logits: Tensor, mask: Tensor, weight: Tensor | None = None) ->
     is still divided by the pixel count, not by the summed weights: up-weighting a rare class
     makes its pixels count more without shrinking the loss of images that lack it.
     """
+    logits = logits.float()  # under autocast the logits may be bf16/fp16; the loss is summed in fp32
     if weight is not None:
         weight = weight.to(device=logits.device, dtype=logits.dtype)
     total = F.cross_entropy(logits, mask, weight=weight, ignore_index=IGNORE, reduction="sum")
     return total / (mask != IGNORE).sum().clamp(min=1)
 
 
-def _multilabel_level(logits: Tensor, onehot: Tensor, valid: Tensor) -> Tensor:
-    """Mean sigmoid BCE over classes and the cells that hold at least one labelled pixel."""
+NEGATIVE_RULES = ("all_labelled", "any_labelled")
+
+
+def _multilabel_level(logits: Tensor, onehot: Tensor, valid: Tensor, negative_rule: str) -> Tensor:
+    """Mean sigmoid BCE over the (cell, class) entries whose target is known.
+
+    A cell is positive for a class with a labelled pixel of it in its window. ``negative_rule``
+    says when a cell is a negative: "all_labelled" only when every pixel of its window is
+    labelled (an ignored pixel might hold the class), "any_labelled" when at least one is (the
+    first formulation: with ignored pixels it tells uncertain cells "absent").
+    """
     size = _size(logits)
     target = F.adaptive_max_pool2d(onehot, size)  # B x C x h x w
-    cell_valid = F.adaptive_max_pool2d(valid, size)  # B x 1 x h x w
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * cell_valid
-    return bce.sum() / (cell_valid.sum() * logits.shape[1]).clamp(min=1)
+    if negative_rule == "all_labelled":
+        known = -F.adaptive_max_pool2d(-valid, size)  # B x 1 x h x w: min-pool, 1 where fully labelled
+    else:
+        known = F.adaptive_max_pool2d(valid, size)  # B x 1 x h x w: 1 where any pixel is labelled
+    used = torch.maximum(target, known.expand_as(target))  # B x C x h x w
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * used
+    return bce.sum() / used.sum().clamp(min=1)
 
 
-def multilabel_ds_loss(level_logits: Sequence[Tensor], mask: Tensor, weights: Sequence[float]) -> Tensor:
+def multilabel_ds_loss(
+    level_logits: Sequence[Tensor], mask: Tensor, weights: Sequence[float], negative_rule: str = "all_labelled"
+) -> Tensor:
     """sum_k w_k * mean BCE(level_k, multilabel_targets(mask, C, size_k)).
 
-    The mean is over classes, cells and batch; a cell whose window is all ignore pixels is left
-    out (without labelled pixels it has no target, not an all-negative one).
+    The mean is over the (cell, class) entries with a known target, over the batch (see
+    _multilabel_level for cells that hold ignored pixels; without them every entry counts).
     """
     _check_weights(level_logits, weights)
     loss = mask.new_zeros((), dtype=torch.float32)
@@ -95,7 +111,7 @@ def multilabel_ds_loss(level_logits: Sequence[Tensor], mask: Tensor, weights: Se
     onehot = _one_hot(mask, level_logits[0].shape[1])  # computed once for all levels
     valid = (mask != IGNORE)[:, None].float()  # B x 1 x H x W
     for logits, w in zip(level_logits, weights):
-        loss = loss + w * _multilabel_level(logits, onehot, valid)
+        loss = loss + w * _multilabel_level(logits.float(), onehot, valid, negative_rule)
     return loss
 
 
@@ -108,10 +124,12 @@ def standard_ds_loss(level_logits: Sequence[Tensor], mask: Tensor, weights: Sequ
     return loss
 
 
-def ds_loss(kind: str, level_logits: Sequence[Tensor], mask: Tensor, weights: Sequence[float]) -> Tensor:
+def ds_loss(
+    kind: str, level_logits: Sequence[Tensor], mask: Tensor, weights: Sequence[float], negative_rule: str = "all_labelled"
+) -> Tensor:
     """Deep-supervision loss of one kind: "none" (zero), "standard" or "multi_label"."""
     if kind == "multi_label":
-        return multilabel_ds_loss(level_logits, mask, weights)
+        return multilabel_ds_loss(level_logits, mask, weights, negative_rule)
     if kind == "standard":
         return standard_ds_loss(level_logits, mask, weights)
     if kind == "none":
@@ -220,10 +238,11 @@ def pseudo_label_loss(
     ds_weights: Sequence[float],
     use_ds: bool = True,
     weight: Tensor | None = None,
+    negative_rule: str = "all_labelled",
 ) -> Tensor:
     """CE of the main head against the teacher's pseudo-label (class ``weight`` as in
     cross_entropy), plus (``use_ds``) DS on it."""
     loss = cross_entropy(main_logits, pseudo, weight)
     if use_ds:
-        loss = loss + ds_loss(ds_kind, level_logits, pseudo, ds_weights)
+        loss = loss + ds_loss(ds_kind, level_logits, pseudo, ds_weights, negative_rule)
     return loss

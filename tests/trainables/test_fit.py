@@ -39,8 +39,9 @@ def test_fit_reports_every_epoch_with_design_names(tmp_path):
                 "val/teacher/miou", "cost/hours", "cost/reduction", "labels/full", "labels/box"):
         assert key in first, key
     assert "test/miou" in final and "test/miou" not in first  # the test split is scored once, at the end
-    # all four terms were active: every annotation type is present
-    assert {"train/full", "train/box", "train/global", "train/pseudo"} <= set(first)
+    # every annotation type is present, so every term was active
+    assert {"train/full", "train/negative", "train/tightness", "train/box_size", "train/presence",
+            "train/weak_ds", "train/pseudo"} <= set(first)
     assert math.isfinite(first["train/loss"])
     assert all(ckpt for _, ckpt in seen)
 
@@ -76,7 +77,9 @@ def test_resume_with_another_config_is_refused(tmp_path):
 
 
 def test_non_finite_loss_stops_at_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(fit_module.losses, "cross_entropy", lambda logits, mask, weight=None: logits.sum() * float("nan"))
+    from labelmix.trainables import losses
+
+    monkeypatch.setattr(losses, "cross_entropy", lambda logits, mask, weight=None: logits.sum() * float("nan"))
     with pytest.raises(NonFiniteLossError, match="epoch 1, step 1"):
         fit(tiny(tmp_path, mix={"full": 1.0}), lambda m, c: None)
 
@@ -173,12 +176,36 @@ def _terms(config):
 
 
 def test_ds_weight_scales_deep_supervision_but_not_weak_label_terms(tmp_path):
-    low = _terms(tiny(tmp_path, ds_weight=0.2, pseudo_ds=False))
-    high = _terms(tiny(tmp_path, ds_weight=1.0, pseudo_ds=False))
-    assert set(low) == {"full", "global", "box", "pseudo"}
-    assert low["global"] == pytest.approx(high["global"], rel=1e-6)
-    assert low["box"] == pytest.approx(high["box"], rel=1e-6)
+    first = {"global_weight": 0.02, "box_weight": 0.02}  # the first formulation too, kept as an option
+    low = _terms(tiny(tmp_path, ds_weight=0.2, pseudo_ds=False, **first))
+    high = _terms(tiny(tmp_path, ds_weight=1.0, pseudo_ds=False, **first))
+    assert set(low) == {"full", "negative", "tightness", "box_size", "pairwise", "presence", "weak_ds", "global", "box", "pseudo"}
+    for name in ("negative", "tightness", "box_size", "pairwise", "presence", "global", "box"):
+        assert low[name] == pytest.approx(high[name], rel=1e-6), name
     assert low["pseudo"] == pytest.approx(high["pseudo"], rel=1e-6)  # CE only: pseudo_ds off
+    # the weak labels' exact multi-label targets supervise the DS heads: they scale like mask DS
+    assert high["weak_ds"] == pytest.approx(5 * low["weak_ds"], rel=1e-5)
     no_ds = _terms(tiny(tmp_path, ds_weight=0.0, pseudo_ds=False))
     # full = CE + ds_weight * DS, so the DS part grows exactly 5x from 0.2 to 1.0
     assert high["full"] - no_ds["full"] == pytest.approx(5 * (low["full"] - no_ds["full"]), rel=1e-5)
+    assert "weak_ds" not in no_ds or no_ds["weak_ds"] == 0.0
+
+
+def test_weak_label_terms_switch_off_by_their_weights(tmp_path):
+    off = _terms(tiny(tmp_path, negative_weight=0, tightness_weight=0, box_size_weight=0, pairwise_weight=0, presence_weight=0,
+                      weak_ds_weight=0))
+    assert set(off) == {"full", "pseudo"}
+
+
+def test_bf16_channels_last_trains_with_finite_losses(tmp_path):
+    seen = []
+    final = fit(tiny(tmp_path, precision="bf16", channels_last=True), lambda m, c: seen.append(dict(m)))
+    assert len(seen) == 2
+    assert all(math.isfinite(m["train/loss"]) for m in seen)
+    assert {"train/negative", "train/tightness", "train/pseudo"} <= set(seen[0])
+    assert math.isfinite(final["val/miou"])
+
+
+def test_fp16_on_cpu_is_refused_with_the_field_named(tmp_path):
+    with pytest.raises(UserError, match="precision: fp16 needs a CUDA device"):
+        fit(tiny(tmp_path, precision="fp16", device="cpu"), lambda m, c: None)

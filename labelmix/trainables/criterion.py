@@ -1,0 +1,172 @@
+"""The loss of a run, built once from its config (nnU-Net's ``_build_loss``): each annotation type's
+terms with their weights resolved, so the training step only routes images to them.
+
+``Criterion.terms(student, teacher, batch, pseudo_weight)`` returns one scalar per named term;
+the step sums them. Every term is a mean over what it counts (losses.py, weak_losses.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from labelmix.trainables import losses, weak_losses
+from labelmix.trainables.batches import Batch, strong_view
+from labelmix.trainables.config import TrainConfig
+from labelmix.trainables.data.annotations import BOX, FULL, GLOBAL
+from labelmix.trainables.teacher import allowed_classes, constrained_pseudo_labels
+
+DsLoss = Callable[[Sequence[Tensor], Tensor, Sequence[float]], Tensor]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """Weights and functions of every loss term of one run (see TrainConfig for each field)."""
+
+    ds: DsLoss  # deep supervision on a (pseudo-)mask, of the run's ds_type and negative rule
+    multi_label: bool  # ds_type is multi_label: weak labels then supervise the DS heads too
+    ds_weights: tuple[float, ...]  # ds_weight x level weights
+    level_weights: tuple[float, ...]  # the first formulation's global/box terms use these alone
+    class_weights: Tensor
+    pseudo_class_weights: Tensor
+    negative_weight: float
+    tightness_weight: float
+    box_size_weight: float
+    box_fill: tuple[float, float]
+    box_line_sharpness: float
+    pairwise_weight: float
+    pairwise_dilation: int
+    pairwise_threshold: float
+    presence_weight: float
+    presence_area: int
+    weak_ds_weight: float
+    max_pool_global_weight: float
+    max_pool_box_weight: float
+    box_positive_max_size: int
+    box_mil_weight: float
+    pseudo_threshold: float
+    pseudo_ds: bool
+    strong_augment: bool
+
+    def terms(self, student, teacher, batch: Batch, pseudo_weight: float) -> dict[str, Tensor]:
+        full, weak = batch.types == FULL, batch.types != FULL
+        images = batch.images
+        if self.strong_augment and weak.any():
+            # The student learns weak images from a strong view; the teacher sees the weak one.
+            images = torch.where(weak[:, None, None, None], strong_view(images), images)
+        main, levels = student(images)
+        terms: dict[str, Tensor] = {}
+        if full.any():
+            terms["full"] = losses.cross_entropy(main[full], batch.masks[full], self.class_weights) + self.ds(
+                [lv[full] for lv in levels], batch.masks[full], self.ds_weights
+            )
+        if weak.any():
+            box_mask = losses.box_masks(batch.boxes, main.shape[1], *main.shape[-2:], device=main.device)
+            allowed = allowed_classes(batch.types, batch.global_labels, box_mask)  # B x C x H x W
+            terms |= self._weak_terms(main, levels, batch, allowed, box_mask)
+            if pseudo_weight > 0:
+                with torch.no_grad():
+                    teacher_main, _ = teacher(batch.images[weak])
+                    pseudo = constrained_pseudo_labels(teacher_main, allowed[weak], self.pseudo_threshold)
+                terms["pseudo"] = pseudo_weight * (
+                    losses.cross_entropy(main[weak], pseudo, self.pseudo_class_weights)
+                    + (self.ds([lv[weak] for lv in levels], pseudo, self.ds_weights) if self.pseudo_ds else 0.0)
+                )
+        if not terms:  # e.g. only unlabeled images during the pseudo-label ramp-up
+            terms["zero"] = main.sum() * 0.0
+        return terms
+
+    def _weak_terms(self, main, levels, batch: Batch, allowed: Tensor, box_mask: Tensor) -> dict[str, Tensor]:
+        box, glob = batch.types == BOX, batch.types == GLOBAL
+        labelled = box | glob
+        terms: dict[str, Tensor] = {}
+        if not labelled.any():
+            return terms
+        if self.negative_weight > 0:
+            terms["negative"] = self.negative_weight * weak_losses.negative_loss(main[labelled], allowed[labelled])
+        boxes = [b if is_box else b[:0] for b, is_box in zip(batch.boxes, box.tolist())]  # box images' boxes only
+        if box.any() and (self.tightness_weight > 0 or self.box_size_weight > 0):
+            rows = box.nonzero().flatten().tolist()
+            tight, size = weak_losses.box_prior_losses(
+                main[box], [boxes[i] for i in rows], self.box_line_sharpness, self.box_fill
+            )
+            terms["tightness"] = self.tightness_weight * tight
+            terms["box_size"] = self.box_size_weight * size
+        if box.any() and self.pairwise_weight > 0:
+            inside = box_mask[box, 1:].amax(1) > 0  # B' x H x W: inside any box
+            terms["pairwise"] = self.pairwise_weight * weak_losses.pairwise_loss(
+                main[box], batch.images[box], inside, self.pairwise_dilation, self.pairwise_threshold
+            )
+        present = batch.global_labels * glob[:, None]  # B x C: image-level labels of global images only
+        if glob.any() and self.presence_weight > 0:
+            terms["presence"] = self.presence_weight * weak_losses.presence_loss(
+                main[glob], present[glob], self.presence_area
+            )
+        if levels and self.multi_label and self.weak_ds_weight > 0:
+            rows = labelled.nonzero().flatten().tolist()
+            terms["weak_ds"] = self.weak_ds_weight * weak_losses.weak_ds_loss(
+                [lv[labelled] for lv in levels], allowed[labelled], [boxes[i] for i in rows],
+                present[labelled], self.ds_weights, self.presence_area,
+            )
+        terms |= self._max_pool_terms(levels, batch, box_mask, box, glob)
+        return terms
+
+    def _max_pool_terms(self, levels, batch: Batch, box_mask: Tensor, box: Tensor, glob: Tensor) -> dict[str, Tensor]:
+        """The first formulation (hard max over the map / over the box), kept for ablations."""
+        terms: dict[str, Tensor] = {}
+        if glob.any() and levels and self.max_pool_global_weight > 0:
+            terms["global"] = self.max_pool_global_weight * losses.global_loss(
+                [lv[glob] for lv in levels], batch.global_labels[glob], self.level_weights
+            )
+        if box.any() and levels and self.max_pool_box_weight > 0:
+            rows = box.nonzero().flatten().tolist()
+            terms["box"] = self.max_pool_box_weight * losses.box_loss(
+                [lv[box] for lv in levels], box_mask[box], [batch.boxes[i] for i in rows], self.level_weights,
+                positive_max_size=self.box_positive_max_size, mil_weight=self.box_mil_weight,
+            )
+        return terms
+
+
+def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: torch.device) -> Criterion:
+    """The run's loss: every choice of the config resolved once."""
+    level_weights = tuple(config.ds_level_weights or (1.0,) * depth)
+    if len(level_weights) != depth:
+        from labelmix.errors import UserError
+
+        raise UserError(f"ds_level_weights: {len(level_weights)} weights for {depth} supervised levels")
+    ds = partial(_ds_of_kind, config.ds_type, config.ds_negative_rule)
+    return Criterion(
+        ds=ds,
+        multi_label=config.ds_type == "multi_label",
+        # lambda_ds scales deep supervision only; the weak-label terms have their own weights.
+        ds_weights=tuple(config.ds_weight * w for w in level_weights),
+        level_weights=level_weights,
+        class_weights=losses.class_weights(num_classes, config.foreground_weight).to(device),
+        pseudo_class_weights=losses.class_weights(num_classes, config.pseudo_foreground_weight).to(device),
+        negative_weight=config.negative_weight,
+        tightness_weight=config.tightness_weight,
+        box_size_weight=config.box_size_weight,
+        box_fill=tuple(config.box_fill),
+        box_line_sharpness=config.box_line_sharpness,
+        pairwise_weight=config.pairwise_weight,
+        pairwise_dilation=config.pairwise_dilation,
+        pairwise_threshold=config.pairwise_threshold,
+        presence_weight=config.presence_weight,
+        presence_area=config.presence_area,
+        weak_ds_weight=config.weak_ds_weight,
+        max_pool_global_weight=config.global_weight,
+        max_pool_box_weight=config.box_weight,
+        box_positive_max_size=config.box_positive_max_size,
+        box_mil_weight=config.box_mil_weight,
+        pseudo_threshold=config.pseudo_threshold,
+        pseudo_ds=config.pseudo_ds,
+        strong_augment=config.strong_augment,
+    )
+
+
+def _ds_of_kind(kind: str, negative_rule: str, level_logits, mask, weights) -> Tensor:
+    return losses.ds_loss(kind, level_logits, mask, weights, negative_rule)

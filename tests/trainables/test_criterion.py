@@ -1,0 +1,59 @@
+"""The loss built once from the config: which terms run, and which view each network sees."""
+
+import torch
+
+from labelmix.trainables.batches import Batch
+from labelmix.trainables.config import load_config
+from labelmix.trainables.criterion import build_criterion
+from labelmix.trainables.data.annotations import BOX, FULL, NONE
+
+
+class Recorder(torch.nn.Module):
+    """A stand-in network: zero logits for 4 classes, no DS levels; keeps what it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        return torch.zeros(x.shape[0], 4, *x.shape[-2:]), []
+
+
+def _batch():
+    images = torch.full((3, 1, 16, 16), 0.2)
+    images[..., 8:] = 0.8  # dark left half, bright right half
+    return Batch(
+        images=images,
+        masks=torch.zeros(3, 16, 16, dtype=torch.long),
+        types=torch.tensor([FULL, BOX, NONE]),
+        global_labels=torch.tensor([[1.0, 0, 0, 0]] * 3),
+        boxes=[torch.zeros(0, 5, dtype=torch.long), torch.tensor([[1, 2, 2, 6, 6]]), torch.zeros(0, 5, dtype=torch.long)],
+    )
+
+
+def _terms(**fields):
+    torch.manual_seed(0)
+    student, teacher = Recorder(), Recorder()
+    criterion = build_criterion(load_config({"ds_depth": 0, **fields}), 4, 0, torch.device("cpu"))
+    terms = criterion.terms(student, teacher, _batch(), pseudo_weight=1.0)
+    return terms, student.seen[0], teacher.seen[0]
+
+
+def test_student_sees_a_strong_view_of_weak_images_and_the_teacher_the_weak_one():
+    batch = _batch()
+    terms, student_in, teacher_in = _terms()
+    assert torch.equal(teacher_in, batch.images[1:])  # the teacher: the weak (as batched) view
+    assert torch.equal(student_in[0], batch.images[0])  # a fully labelled image is left as it is
+    assert not torch.allclose(student_in[1:], batch.images[1:], atol=1e-3)  # the views differ ...
+    # ... but their geometry agrees: the strong view is photometric, the dark half stays where it was
+    left, right = student_in[1:, ..., 1:7].mean((1, 2, 3)), student_in[1:, ..., 9:15].mean((1, 2, 3))
+    assert bool((left < right).all())
+    assert set(terms) == {"full", "negative", "tightness", "box_size", "pairwise", "pseudo"}
+
+
+def test_without_strong_augment_both_see_the_same_view():
+    batch = _batch()
+    _, student_in, teacher_in = _terms(strong_augment=False)
+    assert torch.equal(student_in, batch.images)
+    assert torch.equal(teacher_in, batch.images[1:])
