@@ -4,16 +4,26 @@
 #
 #   bash benchmarks/gpu_check.sh            # from the repo root, after scripts/setup.sh
 #
-# Prints trials per hour, GPU utilisation (nvidia-smi sampled every 0.5 s in the background) and
-# the peak GPU memory of every trial (gpu/peak_memory_mb, reported by the trial adapter), checks
-# that four trials ran at once and that every trial trained on the GPU, and writes
-# benchmarks/results/gpu_check.json. The study is capped at 8 minutes (timeout); on an H200 it
-# needs a few. Exit status: 0 all checks passed, 1 a check failed, 2 no GPU / setup missing.
+# First, one trial's data and step times on the GPU: benchmarks/data_loading.py --device cuda at
+# fp32 and at bf16 (batch preparation, old per-image CPU Augmenter against the whole-batch
+# BatchAugmenter on the GPU, next to the training step's compute, synchronised), written to
+# benchmarks/results/data_loading_cuda.json and data_loading_cuda_bf16.json. (The step times come
+# from data_loading.py, not step_throughput.py: that script leaves its batch where make_batch put it
+# and autocasts on the CPU, so it runs on the CPU only.)
+#
+# Then the study. Prints trials per hour, GPU utilisation (nvidia-smi sampled every 0.5 s in the
+# background, during the study only) and the peak GPU memory of every trial (gpu/peak_memory_mb,
+# reported by the trial adapter), checks that four trials ran at once and that every trial trained
+# on the GPU, prints a table of all figures and writes benchmarks/results/gpu_check.json.
+# Time caps (timeout): BENCH_LIMIT_S per benchmark run (45 s), LIMIT_S for the study (360 s): at
+# most 7.5 minutes in all plus a few seconds of checks; on an H200 the study needs a few minutes.
+# Exit status: 0 all checks passed, 1 a check failed, 2 no GPU / setup missing.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
-LIMIT_S=${LIMIT_S:-480}
+LIMIT_S=${LIMIT_S:-360}
+BENCH_LIMIT_S=${BENCH_LIMIT_S:-45}
 
 if ! command -v nvidia-smi >/dev/null 2>&1; then
     echo "gpu_check: nvidia-smi not found: this check needs a machine with an NVIDIA GPU and its driver" >&2
@@ -35,6 +45,23 @@ fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/labelmix-gpu-check.XXXXXX")
 mkdir -p benchmarks/results
+
+# One trial's data and step times, before the study (which would share the GPU with them).
+BENCH_STATUS=""
+for PRECISION in fp32 bf16; do
+    echo "gpu_check: benchmarks/data_loading.py --device cuda --precision $PRECISION"
+    set +e
+    timeout "$BENCH_LIMIT_S" "$PYTHON" benchmarks/data_loading.py --device cuda --precision "$PRECISION" \
+        > "$WORK/data_loading_$PRECISION.log" 2>&1
+    CODE=$?
+    set -e
+    sed -n '/^batch of/,/^old \/ new/p' "$WORK/data_loading_$PRECISION.log"
+    if [ "$CODE" -ne 0 ]; then
+        tail -n 5 "$WORK/data_loading_$PRECISION.log" >&2
+        echo "gpu_check: data_loading.py at $PRECISION failed (exit $CODE$([ "$CODE" -eq 124 ] && echo ", over ${BENCH_LIMIT_S} s"))" >&2
+    fi
+    BENCH_STATUS="$BENCH_STATUS $PRECISION=$CODE"
+done
 SPEC="$WORK/gpu-check.yaml"
 cat > "$SPEC" <<YAML
 name: gpu-check
@@ -72,13 +99,14 @@ if [ "$STATUS" -ne 0 ]; then
     echo "gpu_check: the study did not finish (exit $STATUS$([ "$STATUS" -eq 124 ] && echo ", over ${LIMIT_S} s")); log: $WORK/submit.log" >&2
 fi
 
-"$PYTHON" - "$WORK" "$START" "$END" "$STATUS" <<'PY'
+"$PYTHON" - "$WORK" "$START" "$END" "$STATUS" $BENCH_STATUS <<'PY'
 import json, sys
 from pathlib import Path
 
 import pandas as pd
 
 work, start, end, status = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+bench_status = dict(arg.split("=") for arg in sys.argv[5:])  # precision -> exit status of data_loading.py
 study = work / "studies" / "gpu-check"
 table = pd.read_parquet(study / "trials.parquet") if (study / "trials.parquet").is_file() else pd.DataFrame()
 done = table[table["status"] == "TERMINATED"] if len(table) else table
@@ -115,6 +143,14 @@ summary = {
     "peak_memory_mb_per_trial": {k: (round(v, 1) if v == v else None) for k, v in sorted(peaks.items())},
     "study_exit_status": status,
 }
+bench = {}
+for precision, code in bench_status.items():
+    path = Path("benchmarks/results") / f"data_loading_cuda{'' if precision == 'fp32' else '_' + precision}.json"
+    record = json.loads(path.read_text()) if code == "0" and path.is_file() else {}
+    bench[precision] = {key: record.get(key) for key in (
+        "old_median_ms", "new_median_ms", "ratio_old_over_new", "new_in_training_median_ms",
+        "step_compute_median_ms", "data_share_of_step_new", "data_share_of_step_old")} | {"exit_status": int(code)}
+summary["data_loading_cuda"] = bench
 out = Path("benchmarks/results/gpu_check.json")
 out.write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -127,6 +163,16 @@ print(f"GPU memory in use    max {summary['gpu_memory_used_max_mib']} of {summar
 print("peak GPU memory per trial (MiB, torch.cuda.max_memory_allocated):")
 for trial, peak in summary["peak_memory_mb_per_trial"].items():
     print(f"  {trial}  {peak}")
+print("\none trial on the GPU (batch 8 at 128x128, configs/full.yaml; medians, ms)")
+print(f"{'precision':<11}{'old prep':>10}{'new prep':>10}{'old/new':>9}{'new in step':>13}{'step compute':>14}{'data share':>12}")
+for precision, row in bench.items():
+    cells = [row[k] for k in ("old_median_ms", "new_median_ms", "ratio_old_over_new", "new_in_training_median_ms",
+                              "step_compute_median_ms", "data_share_of_step_new")]
+    if None in cells:
+        print(f"{precision:<11}failed (exit {row['exit_status']}): see {work}/data_loading_{precision}.log")
+        continue
+    old_ms, new_ms, ratio, in_step, step, share = cells
+    print(f"{precision:<11}{old_ms:>10.2f}{new_ms:>10.2f}{ratio:>8.1f}x{in_step:>13.2f}{step:>14.2f}{share:>11.1%}")
 print(f"written: {out}")
 
 problems = []
@@ -136,6 +182,9 @@ if most < 4:
     problems.append(f"at most {most} trials ran at once, 4 expected")
 if len(peaks) != len(table) or any(v is None for v in summary["peak_memory_mb_per_trial"].values()):
     problems.append("some trials reported no gpu/peak_memory_mb: they did not train on the GPU")
+for precision, row in bench.items():
+    if row["exit_status"] != 0:
+        problems.append(f"data_loading.py --device cuda --precision {precision} exited {row['exit_status']}")
 for p in problems:
     print(f"gpu_check: FAILED: {p}", file=sys.stderr)
 sys.exit(1 if problems else 0)

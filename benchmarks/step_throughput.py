@@ -103,7 +103,7 @@ def main() -> None:
             "pseudo_threshold": 0.0,  # every pixel labelled: the bare loop's one-hot DS needs no ignore rule
         })
         run = build_run(config)
-    batch = make_batch(run.train, run.types, torch.arange(args.batch).numpy() % len(run.train), None)
+    batch = make_batch(run.train, run.types, torch.arange(args.batch).numpy() % len(run.train), None).to(run.device)
     batch.types[: args.batch // 2] = 0
     batch.types[args.batch // 2 :] = 3
     if args.channels_last:
@@ -111,7 +111,7 @@ def main() -> None:
     dtype = torch.bfloat16 if args.precision == "bf16" else None
 
     def autocast():
-        return torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
+        return torch.autocast(run.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
     model = copy.deepcopy(run.student)
     teacher = copy.deepcopy(run.teacher.module).eval()

@@ -9,6 +9,7 @@ pixel labels into a loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -148,14 +149,37 @@ def _intensity(images: torch.Tensor) -> torch.Tensor:
     return (images.clamp_min(0).pow(gamma) * contrast + brightness).clamp_(0, 1)
 
 
-def make_batch(data: TensorSet, types: torch.Tensor, index: np.ndarray, augmenter: Augmenter | None) -> Batch:
+# (images, masks, boxes) -> the same, augmented: Augmenter (per image, CPU) or augment.BatchAugmenter (batch, any device)
+Augment = Callable[[torch.Tensor, torch.Tensor, list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]]
+
+DEVICE_MEMORY_SHARE = 0.25  # most of a GPU's free memory a resident training set may take
+
+
+def make_batch(data: TensorSet, types: torch.Tensor, index: np.ndarray, augmenter: Optional[Augment]) -> Batch:
+    """Gather a batch where ``data`` lives (CPU, or the device after ``on_device``), then augment it there."""
     idx = torch.from_numpy(index)
-    images = data.images[idx]
-    masks = data.masks[idx].long()
+    images = data.images[idx.to(data.images.device)]
+    masks = data.masks[idx.to(data.masks.device)].long()
     boxes = [data.boxes[i] for i in index]
     if augmenter is not None:
         images, masks, boxes = augmenter(images, masks, boxes)
-    return Batch(images, masks, types[idx].long(), data.global_labels[idx], boxes)
+    return Batch(images, masks, types[idx].long(), data.global_labels[idx.to(data.global_labels.device)], boxes)
+
+
+def on_device(data: TensorSet, device: torch.device) -> TensorSet:
+    """The set's images, masks and global labels on a CUDA device when they fit, so batches are gathered there.
+
+    They fit when they take at most DEVICE_MEMORY_SHARE of the device's free memory (trials may share
+    a GPU); otherwise, and on the CPU, the set is returned as it is. Boxes stay on the CPU: they are
+    few, and ``Batch.to`` moves each batch's.
+    """
+    if device.type != "cuda":
+        return data
+    size = sum(t.numel() * t.element_size() for t in (data.images, data.masks, data.global_labels))
+    free, _ = torch.cuda.mem_get_info(device)
+    if size > DEVICE_MEMORY_SHARE * free:
+        return data
+    return TensorSet(data.images.to(device), data.masks.to(device), data.global_labels.to(device), data.boxes)
 
 
 def strong_view(images: torch.Tensor) -> torch.Tensor:

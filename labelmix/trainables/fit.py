@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from labelmix.errors import UserError
-from labelmix.trainables.batches import Augmenter, TensorSet, batch_indices, make_batch, to_tensors
+from labelmix.trainables.augment import BatchAugmenter
+from labelmix.trainables.batches import TensorSet, batch_indices, make_batch, on_device, to_tensors
 from labelmix.trainables.config import TrainConfig, load_config
 from labelmix.trainables.criterion import Criterion, build_criterion
 from labelmix.trainables.data.annotations import MixCost, assign_mix, mix_cost
@@ -56,7 +57,7 @@ class Run:
     scaler: torch.amp.GradScaler  # enabled for fp16 only
     steps_per_epoch: int
     rng: np.random.Generator
-    augmenter: Optional[Augmenter]
+    augmenter: Optional[BatchAugmenter]
 
 
 def fit(config: TrainConfig | Mapping[str, Any], report: Report, resume_from: str | None = None) -> dict[str, float]:
@@ -107,7 +108,7 @@ def build_run(config: TrainConfig) -> Run:
     return Run(
         config=config,
         device=device,
-        train=train,
+        train=on_device(train, device),  # batches are gathered and augmented on the device when it holds the set
         val=to_tensors(limit(store.split("val"), config.dataset.max_eval_images)),
         test=to_tensors(limit(store.split("test"), config.dataset.max_eval_images)),
         types=torch.from_numpy(types.astype(np.int64)),
@@ -121,7 +122,7 @@ def build_run(config: TrainConfig) -> Run:
         scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"),
         steps_per_epoch=steps,
         rng=np.random.default_rng(config.seed),
-        augmenter=Augmenter() if config.augment else None,
+        augmenter=BatchAugmenter() if config.augment else None,
     )
 
 

@@ -1,0 +1,186 @@
+"""Augmentation of a whole batch at once, on the device its tensors are on.
+
+The same distribution as ``batches.Augmenter`` (torchvision's RandomHorizontalFlip, then
+RandomAffine(degrees=5, translate=(0.04, 0.04), scale=(0.95, 1.05)), then the intensity jitter),
+but one affine matrix per image and a single ``grid_sample`` for the batch instead of a loop of
+per-image torchvision calls on the CPU.
+
+Coordinates are continuous pixel coordinates, x to the right and y down, with pixel (i, j)
+covering [j, j + 1) x [i, i + 1): its centre lies at (j + 0.5, i + 0.5), and a half-open box
+[y0, y1) x [x0, x1) covers exactly its pixels' squares. This is torchvision's convention, and
+``grid_sample``'s with ``align_corners=False``. A mask pixel after the warp takes the label of the
+source pixel whose square holds the inverse image of its centre, so that centre is the image of a
+point inside the source box: bounding the four transformed box corners and rounding outwards
+(``_boxes_back``) gives a box that still holds every pixel of the component.
+
+Random numbers are drawn on the CPU (from ``generator`` or torch's global CPU generator, the one
+that checkpoints save): a few numbers per image, the same draws on every device, no device sync.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from labelmix.trainables.batches import _boxes_back
+
+DEGREES = 5.0  # rotation U(-DEGREES, DEGREES), clockwise on screen for positive angles (torchvision's affine)
+TRANSLATE = 0.04  # translation U(-TRANSLATE, TRANSLATE) of width and height, rounded to whole pixels (torchvision)
+SCALE = (0.95, 1.05)
+GAMMA, CONTRAST, BRIGHTNESS = (0.8, 1.25), (0.85, 1.15), (-0.05, 0.05)
+
+
+@dataclass
+class AffineParams:
+    """One geometric transform per image: flip first, then rotate and scale about the centre, then shift."""
+
+    flip: torch.Tensor  # B bool: mirror left-right
+    angle: torch.Tensor  # B float64 degrees
+    translate: torch.Tensor  # B x 2 float64 pixels (x, y)
+    scale: torch.Tensor  # B float64
+
+    @staticmethod
+    def identity(batch: int) -> "AffineParams":
+        zeros = torch.zeros(batch, dtype=torch.float64)
+        return AffineParams(torch.zeros(batch, dtype=torch.bool), zeros, torch.zeros(batch, 2, dtype=torch.float64), zeros + 1)
+
+
+@dataclass
+class IntensityParams:
+    gamma: torch.Tensor  # B
+    contrast: torch.Tensor  # B
+    brightness: torch.Tensor  # B
+
+
+class BatchAugmenter:
+    """Joint geometric augmentation of images, masks and boxes, then intensity jitter of the images."""
+
+    def __init__(self, generator: Optional[torch.Generator] = None) -> None:
+        self.generator = generator  # a CPU generator; None: torch's global one
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, boxes: list[torch.Tensor]):
+        b, _, h, w = images.shape
+        images, masks, boxes = warp(images, masks, boxes, self.sample_affine(b, h, w))
+        return jitter(images, self.sample_intensity(b)), masks, boxes
+
+    def sample_affine(self, batch: int, height: int, width: int) -> AffineParams:
+        u = torch.rand(batch, 5, dtype=torch.float64, generator=self.generator)  # B x 5 in [0, 1)
+        max_shift = torch.tensor([TRANSLATE * width, TRANSLATE * height], dtype=torch.float64)
+        return AffineParams(
+            flip=u[:, 0] < 0.5,
+            angle=DEGREES * (2 * u[:, 1] - 1),
+            translate=torch.round((2 * u[:, 2:4] - 1) * max_shift),  # B x 2 whole pixels
+            scale=SCALE[0] + (SCALE[1] - SCALE[0]) * u[:, 4],
+        )
+
+    def sample_intensity(self, batch: int) -> IntensityParams:
+        u = torch.rand(3, batch, dtype=torch.float64, generator=self.generator)  # 3 x B in [0, 1)
+        gamma, contrast, brightness = (low + (high - low) * row for (low, high), row in zip((GAMMA, CONTRAST, BRIGHTNESS), u))
+        return IntensityParams(gamma, contrast, brightness)
+
+
+def forward_matrices(params: AffineParams, height: int, width: int) -> torch.Tensor:
+    """B x 2 x 3 float64 maps from source to output pixel coordinates: q = c + t + s R M (p - c).
+
+    c is the image centre, t the translation, s the scale, R the rotation [[cos, -sin], [sin, cos]]
+    (torchvision's affine) and M the mirror diag(-1, 1) of flipped images (applied first, as in the
+    old Compose).
+    """
+    cos, sin, mirror = _cos_sin_mirror(params)
+    linear = torch.stack([mirror * cos, -sin, mirror * sin, cos], -1).view(-1, 2, 2) * params.scale[:, None, None]  # s R M
+    return _about_centre(linear, params.translate, height, width)
+
+
+def inverse_matrices(params: AffineParams, height: int, width: int) -> torch.Tensor:
+    """B x 2 x 3 float64, the inverse of forward_matrices: p = c + M R^T (q - c - t) / s."""
+    cos, sin, mirror = _cos_sin_mirror(params)
+    linear = torch.stack([mirror * cos, mirror * sin, -sin, cos], -1).view(-1, 2, 2) / params.scale[:, None, None]  # M R^T / s
+    return _about_centre(linear, -(linear @ params.translate[:, :, None])[..., 0], height, width)
+
+
+def _cos_sin_mirror(params: AffineParams):
+    rad = params.angle * (math.pi / 180.0)
+    return torch.cos(rad), torch.sin(rad), 1.0 - 2.0 * params.flip.to(torch.float64)  # B each; mirror is -1 or 1
+
+
+def _about_centre(linear: torch.Tensor, shift: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """B x 2 x 3 for x -> c + shift + linear (x - c), c the image centre."""
+    centre = torch.tensor([width / 2.0, height / 2.0], dtype=torch.float64)
+    offset = centre + shift - (linear @ centre)  # B x 2
+    return torch.cat([linear, offset[..., None]], dim=-1)
+
+
+def sampling_grid(inverse: torch.Tensor, height: int, width: int, device, dtype) -> torch.Tensor:
+    """The grid_sample grid (align_corners=False): for every output pixel centre, its source point.
+
+    ``F.affine_grid`` builds its base grid with ``linspace``, whose float32 values miss the pixel
+    centres by up to 4e-6 pixel, so an identity or a flip would blend neighbours; the centres here
+    are exact for power-of-two sizes, so those transforms copy pixels exactly.
+    """
+    linear, offset = inverse[:, :, :2], inverse[:, :, 2]  # B x 2 x 2, B x 2
+    half = torch.tensor([width / 2.0, height / 2.0], dtype=torch.float64)
+    # Normalised coordinates n = p / half - 1:  n_src = (half^-1 L half) n_out + (L half + b) / half - 1
+    theta_linear = linear * half / half[:, None]  # B x 2 x 2
+    theta_offset = ((linear @ half) + offset) / half - 1  # B x 2
+    theta = torch.cat([theta_linear, theta_offset[..., None]], dim=-1).to(device=device, dtype=dtype)  # B x 2 x 3
+    xs, ys = _pixel_centres(width, device, dtype), _pixel_centres(height, device, dtype)
+    # Elementwise rather than a matmul, so TF32 never rounds the grid: x * theta[:, 0] + (y * theta[:, 1] + theta[:, 2])
+    column = theta[:, None, None, :, :]  # B x 1 x 1 x 2 x 3
+    along_x = xs[:, None] * column[..., 0]  # B x 1 x W x 2
+    along_y = ys[:, None, None] * column[..., 1] + column[..., 2]  # B x H x 1 x 2
+    return along_x + along_y  # B x H x W x 2
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_centres(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """size pixel centres in normalised coordinates, (2 i + 1) / size - 1 (read-only, cached)."""
+    return ((torch.arange(size, device=device, dtype=torch.float64) * 2 + 1) / size - 1).to(dtype)
+
+
+def warp(images: torch.Tensor, masks: torch.Tensor, boxes: list[torch.Tensor], params: AffineParams):
+    """Apply one affine transform per image: nearest for images and masks (torchvision's RandomAffine
+    default, so the distribution is the old Augmenter's), corners for boxes.
+
+    Outside the source image, images get 0 and masks 0 (background), as in torchvision.
+    """
+    b, _, h, w = images.shape
+    grid = sampling_grid(inverse_matrices(params, h, w), h, w, images.device, images.dtype)
+    images = F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    labels = F.grid_sample(masks[:, None].to(grid.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    masks = labels[:, 0].to(masks.dtype)  # B x H x W: nearest copies labels, 0..255 are exact in float
+    return images, masks, transform_boxes(boxes, forward_matrices(params, h, w), (h, w))
+
+
+def transform_boxes(boxes: list[torch.Tensor], forward: torch.Tensor, size) -> list[torch.Tensor]:
+    """Per image K x 5 [cls, y0, x0, y1, x1] through its 2 x 3 forward map: the bound of the four corners, rounded outwards."""
+    counts = [len(box) for box in boxes]
+    if sum(counts) == 0:
+        return list(boxes)
+    every = torch.cat(boxes)  # N x 5, all images' boxes
+    owner = torch.repeat_interleave(torch.tensor(counts, device=every.device))  # N: the image of each box
+    matrix = forward.to(every.device)[owner]  # N x 2 x 3
+    x = every[:, [2, 4, 2, 4]].to(torch.float64)  # N x 4 corner x: x0, x1, x0, x1
+    y = every[:, [1, 1, 3, 3]].to(torch.float64)  # N x 4 corner y: y0, y0, y1, y1
+    moved_x = matrix[:, 0, 0:1] * x + matrix[:, 0, 1:2] * y + matrix[:, 0, 2:3]  # N x 4
+    moved_y = matrix[:, 1, 0:1] * x + matrix[:, 1, 1:2] * y + matrix[:, 1, 2:3]  # N x 4
+    xyxy = torch.stack([moved_x.amin(1), moved_y.amin(1), moved_x.amax(1), moved_y.amax(1)], dim=1)  # N x 4
+    # _boxes_back rounds, clips and drops empty boxes in one place; its first column carries each box's
+    # index here, so the kept rows tell which boxes (of which images) survived.
+    kept = _boxes_back(xyxy, torch.arange(len(every), device=every.device), size)
+    rows = torch.cat([every[kept[:, 0], :1], kept[:, 1:]], dim=1)  # N' x 5: the classes back in front
+    return list(rows.split(torch.bincount(owner[kept[:, 0]], minlength=len(boxes)).tolist()))
+
+
+def jitter(images: torch.Tensor, params: IntensityParams) -> torch.Tensor:
+    """Per-image gamma, contrast and brightness (``batches._intensity``'s formula), clamped to [0, 1]."""
+
+    def per_image(values: torch.Tensor) -> torch.Tensor:
+        return values.to(device=images.device, dtype=images.dtype).view(-1, 1, 1, 1)  # B -> B x 1 x 1 x 1
+
+    out = images.clamp_min(0).pow_(per_image(params.gamma)).mul_(per_image(params.contrast))  # in place: one new tensor
+    return out.add_(per_image(params.brightness)).clamp_(0, 1)
