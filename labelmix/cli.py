@@ -79,14 +79,11 @@ def cmd_data_info(args) -> int:
 
 # ---------------------------------------------------------------- train
 def read_yaml(path: Path) -> dict:
-    import yaml
+    from labelmix.errors import load_yaml
 
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = load_yaml(path.read_text(), str(path))  # duplicate keys refused, like study specs
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -44,7 +44,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from labelmix.errors import UserError
 
@@ -307,6 +307,21 @@ def mask_password(text: str) -> str:
     """``postgresql://u:secret@host/db`` -> ``postgresql://u:***@host/db``, anywhere in text."""
     # Greedy up to the last "@" before the path, so a raw "@" in a password is masked too.
     return re.sub(r"(://[^:/@\s]*:)[^/\s]*@", r"\1***@", text)
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``http://user:secret@host:5000/`` -> (``http://host:5000/``, ``user``, ``secret``).
+
+    Only http(s) URIs lose their user info (a database URI keeps its login). A password written
+    ``***`` (a redacted URI, as labelmix records them) counts as not given.
+    """
+    parts = urlsplit(uri) if "://" in uri else None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")  # rpartition: a raw "@" in the password stays in it
+    user, sep, password = userinfo.partition(":")
+    password = unquote(password) if sep and password not in ("", "***") else None
+    return urlunsplit(parts._replace(netloc=hostport)), unquote(user) or None, password
 
 
 def is_loopback(host: str) -> bool:

@@ -7,6 +7,7 @@ auto`` / ``HOST:PORT`` of a cluster this machine is a node of), or, with the Ray
 
 from __future__ import annotations
 
+import sys
 import time
 
 from labelmix.errors import UserError
@@ -23,11 +24,12 @@ def cmd_spaces(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from labelmix.platform.spec import load_spec, smoke_spec
+    from labelmix.platform.spec import check_storage, load_spec, smoke_spec
 
     spec, _ = load_spec(args.spec)
     if args.smoke:
         spec = smoke_spec(spec)
+    check_storage(spec.storage.path, f"{args.spec}: storage.path")  # as submit does
     print(f"{args.spec}: valid study spec {spec.name!r}: {spec.search.trials} trials, "
           f"{spec.search.algorithm} search, {spec.scheduler.type} scheduler, "
           f"objectives {', '.join(f'{o.metric} ({o.mode})' for o in spec.objectives)}")
@@ -45,7 +47,9 @@ def _unique_name(spec, smoke: bool):
     return spec
 
 
-def _print_result(result) -> None:
+def _print_result(result) -> int:
+    """The frontier, then one line per failed trial (its last error line); the exit status: 1 when
+    no trial finished."""
     from labelmix.platform.results import format_frontier
 
     table = result.table
@@ -53,6 +57,36 @@ def _print_result(result) -> None:
     print(f"\n{done} of {len(table)} trials finished. Frontier (annotation hours vs val/miou):")
     print(format_frontier(result.frontier))
     print(f"\nstudy folder: {result.location} (spec.yaml, trials.parquet, frontier.parquet)")
+    failed = table[table["status"] == "ERROR"] if len(table) else table
+    if len(failed):
+        print(f"\n{len(failed)} of {len(table)} trials failed (the whole error: error.txt in each trial's folder):",
+              file=sys.stderr)
+        for row in failed.to_dict("records"):
+            print(f"  {row['trial_id']}: {_last_error_line(row)}", file=sys.stderr)
+    if done == 0:
+        print(f"labelmix: no trial finished ({len(table)} trials); the study failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _last_error_line(row) -> str:
+    for key in ("error", "config/error"):
+        text = row.get(key)
+        if isinstance(text, str) and text.strip():
+            line = [ln.strip() for ln in text.strip().splitlines() if ln.strip()][-1]
+            return line if len(line) <= 300 else line[:297] + "..."
+    return "no error text recorded"
+
+
+def _without_password(spec):
+    """(spec with tracking.uri redacted, the URI as given): the spec is written to the study folder
+    and MLflow, and sent to clusters; the password reaches MLflow through its environment variables."""
+    from labelmix.mlflow_server import mask_password
+
+    uri = spec.tracking.uri
+    if not uri or mask_password(uri) == uri:
+        return spec, uri
+    return spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": mask_password(uri)})}), uri
 
 
 def _for_cluster_job(spec):
@@ -88,29 +122,35 @@ def _print_job(job_id: str, address: str, what: str) -> None:
 def cmd_submit(args) -> int:
     import yaml
 
+    from labelmix.mlflow_server import split_credentials
     from labelmix.platform.cluster import JOB_SPEC_FILE, is_jobs_address, job_entrypoint, job_env, submit_job
-    from labelmix.platform.spec import load_spec, smoke_spec
+    from labelmix.platform.spec import check_storage, load_spec, smoke_spec
 
     spec, _ = load_spec(args.spec)
     if args.smoke:
         spec = smoke_spec(spec)
     if args.storage:
         spec = spec.model_copy(update={"storage": spec.storage.model_copy(update={"path": args.storage})})
+    spec, spec_uri = _without_password(spec)
     if is_jobs_address(args.address):
         # The driver on the head names the study (time suffix if the name is taken there).
         spec = _for_cluster_job(spec.model_copy(update={"name": f"{spec.name}-smoke" if args.smoke else spec.name}))
         text = yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False)
+        _, user, password = split_credentials(spec_uri or "")
+        env = {**job_env(), **({"MLFLOW_TRACKING_USERNAME": user} if user else {}),
+               **({"MLFLOW_TRACKING_PASSWORD": password} if password else {})}
         job_id = submit_job(args.address, job_entrypoint("submit", JOB_SPEC_FILE), files={JOB_SPEC_FILE: text},
-                            env=job_env(), metadata={"labelmix.study": spec.name})
+                            env=env, metadata={"labelmix.study": spec.name})
         _print_job(job_id, args.address, f"study {spec.name!r} (results in {spec.storage.path}/{spec.name} on the cluster)")
         return 0
     from labelmix.platform.study import run_study
 
+    # Before Ray starts and before anything is created (a job's driver checks it on the head).
+    check_storage(spec.storage.path, "--storage" if args.storage else f"{args.spec}: storage.path")
     spec = _unique_name(spec, args.smoke)
     text = yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False)
-    result = run_study(spec, text, address=args.address, tracking_uri=args.tracking_uri)
-    _print_result(result)
-    return 0
+    result = run_study(spec, text, address=args.address, tracking_uri=args.tracking_uri or spec_uri)
+    return _print_result(result)
 
 
 def cmd_resume(args) -> int:
@@ -124,8 +164,7 @@ def cmd_resume(args) -> int:
     from labelmix.platform.study import resume_study
 
     result = resume_study(args.study_dir, address=args.address)
-    _print_result(result)
-    return 0
+    return _print_result(result)
 
 
 def _jobs_address(address: str | None) -> str:

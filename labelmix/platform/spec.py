@@ -4,6 +4,11 @@ A spec names the dataset, the cost model, the objectives, the search space over 
 fields, the algorithm, the scheduler, the budget, the per-trial resources and where results go.
 ``labelmix check`` / ``submit`` validate it completely before anything starts: every problem is
 one UserError whose message begins with the field path (``space.ema_decay.loguniform: ...``).
+Beyond types and ranges, what a trial would fail on is refused here too: encoder names unknown
+to timm's registry, ``ds_depth`` beyond an encoder's levels, a ``dataset.path`` that is no
+store (its metadata and three small columns are read, never the images), NaN and infinity
+anywhere, budgets beyond MAX_TRIALS / MAX_EPOCHS / MAX_CONCURRENCY. ``check_storage`` (called
+by check and submit) refuses a study folder that cannot be created, without creating it.
 
 The search space is kept as written (``StudySpec.space``, so a dumped spec reloads unchanged) and
 parsed into ``Axis`` records (``StudySpec.axes``) that ``labelmix.platform.space`` turns into
@@ -14,16 +19,18 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
+from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from labelmix.errors import UserError, validated
+from labelmix.errors import UserError, load_yaml, validated
 from labelmix.trainables.config import CostConfig, DataConfig, SyntheticData, TrainConfig, load_config
 from labelmix.trainables.data.annotations import ANNOTATION_TYPES, AnnotationMix
 
@@ -35,6 +42,7 @@ __all__ = [
     "SCHEDULERS",
     "StudySpec",
     "assemble_config",
+    "check_storage",
     "grid_points",
     "load_spec",
     "parse_spec",
@@ -53,6 +61,14 @@ OBJECTIVE_METRICS: dict[str, str] = {
 ALGORITHMS = ("tpe", "nsga2", "random", "grid")
 SCHEDULERS = ("none", "asha", "pareto_asha")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "grid")
+# Budgets beyond these are typos (1e30 trials), not studies: refused with the limit in the message.
+MAX_TRIALS = 100_000
+MAX_EPOCHS = 10_000
+MAX_CONCURRENCY = 4096
+MAX_CPUS_PER_TRIAL = 1024
+MAX_GPUS_PER_TRIAL = 64
+# Virtual filesystems: a study folder there cannot be created, whatever the permissions say.
+VIRTUAL_ROOTS = ("/proc", "/sys", "/dev")
 # TrainConfig fields that the spec sets in its own top-level sections, the same for every trial.
 SECTION_FIELDS = ("dataset", "cost")
 MIX_KEYS = (*ANNOTATION_TYPES, "seed")
@@ -322,19 +338,36 @@ class Objective(_Strict):
         return self
 
 
+def _at_most(limit: int):
+    """A before-validator: numbers above limit are refused with the limit (an int field given 1e30
+    would otherwise fail as "exceeded maximum size", without saying what is allowed)."""
+
+    def check(cls, v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > limit:
+            raise ValueError(f"must be at most {limit}")
+        return v
+
+    return classmethod(check)
+
+
 class SearchConfig(_Strict):
     algorithm: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
-    trials: Optional[int] = Field(None, ge=1)  # required, except for grid (default: the grid size)
-    concurrency: int = Field(1, ge=1)
+    trials: Optional[int] = Field(None, ge=1, le=MAX_TRIALS)  # required, except for grid (default: the grid size)
+    concurrency: int = Field(1, ge=1, le=MAX_CONCURRENCY)  # and at most trials
     seed: int = 0
-    population_size: Optional[int] = Field(None, ge=2)  # nsga2 only; None: the study runner decides
-    startup_trials: Optional[int] = Field(None, ge=0)  # tpe only: random trials before TPE models
+    population_size: Optional[int] = Field(None, ge=2, le=MAX_TRIALS)  # nsga2 only; None: the study runner decides
+    startup_trials: Optional[int] = Field(None, ge=0, le=MAX_TRIALS)  # tpe only: random trials before TPE models
+
+    _trial_counts = field_validator("trials", "population_size", "startup_trials", mode="before")(_at_most(MAX_TRIALS))
+    _concurrency = field_validator("concurrency", mode="before")(_at_most(MAX_CONCURRENCY))
 
 
 class SchedulerConfig(_Strict):
     type: Literal["none", "asha", "pareto_asha"] = "none"
-    max_epochs: Optional[int] = Field(None, ge=1)  # filled from fixed.epochs (they must agree)
-    grace_period: int = Field(1, ge=1)
+    max_epochs: Optional[int] = Field(None, ge=1, le=MAX_EPOCHS)  # filled from fixed.epochs (they must agree)
+    grace_period: int = Field(1, ge=1, le=MAX_EPOCHS)
+
+    _epochs = field_validator("max_epochs", "grace_period", mode="before")(_at_most(MAX_EPOCHS))
     reduction_factor: float = Field(2.0, gt=1)
 
 
@@ -343,8 +376,8 @@ class BudgetConfig(_Strict):
 
 
 class ResourcesConfig(_Strict):
-    cpus: float = Field(1.0, ge=0)
-    gpus: float = Field(0.0, ge=0)
+    cpus: float = Field(1.0, ge=0, le=MAX_CPUS_PER_TRIAL)
+    gpus: float = Field(0.0, ge=0, le=MAX_GPUS_PER_TRIAL)
 
 
 class FailureConfig(_Strict):
@@ -361,8 +394,11 @@ class TrackingConfig(_Strict):
 
 
 class SmokeConfig(_Strict):
-    trials: int = Field(2, ge=1)
-    epochs: int = Field(1, ge=1)
+    trials: int = Field(2, ge=1, le=MAX_TRIALS)
+    epochs: int = Field(1, ge=1, le=MAX_EPOCHS)
+
+    _trials = field_validator("trials", mode="before")(_at_most(MAX_TRIALS))
+    _epochs = field_validator("epochs", mode="before")(_at_most(MAX_EPOCHS))
     volumes: int = Field(4, ge=1)
     slices: int = Field(4, ge=1)
     size: int = Field(64, ge=32)
@@ -410,15 +446,18 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self):
+        _refuse_non_finite(self.model_dump(by_alias=True), "")
         self._check_objectives()
         self._check_search_settings()
         for key in self.fixed:
             _check_field(key, "fixed")
         self._axes = self._parse_space()
         self._check_grid()
+        self._check_concurrency()
         self._check_dataset()
         self._check_epochs()
         self._check_trial_configs()
+        self._check_network()
         if self.tracking.experiment is None:
             _set(self, "tracking", self.tracking.model_copy(update={"experiment": self.name}))
         return self
@@ -480,10 +519,19 @@ class StudySpec(_Strict):
                 )
         if algorithm == "grid":
             points = grid_points(self._axes)
-            if self.search.trials is None:
-                _set(self, "search", self.search.model_copy(update={"trials": points}))
+            if self.search.trials is None:  # a derived count: concurrency is capped by it, not refused
+                update = {"trials": points, "concurrency": min(self.search.concurrency, points)}
+                _set(self, "search", self.search.model_copy(update=update))
             elif self.search.trials > points:
                 raise UserError(f"search.trials: {self.search.trials} is more than the grid's {points} points")
+
+    def _check_concurrency(self) -> None:
+        search = self.search
+        if search.concurrency > search.trials:
+            raise UserError(
+                f"search.concurrency: {search.concurrency} is more than search.trials {search.trials}; at most "
+                f"{search.trials} trials can run at once"
+            )
 
     def _check_dataset(self) -> None:
         path = self.dataset.path
@@ -492,6 +540,7 @@ class StudySpec(_Strict):
         local = Path(path).expanduser()
         if not local.exists():
             raise UserError(f"dataset.path: file not found: {path}")
+        _check_store(local, path)
         # Absolute, because trials run in other working directories (Tune's trial folders).
         _set(self, "dataset", self.dataset.model_copy(update={"path": str(local.resolve())}))
 
@@ -530,17 +579,18 @@ class StudySpec(_Strict):
         Bad values fail here, at check time, not in the first trial on the cluster.
         """
         base = _base_config(self)
-        load_config(base, prefix="fixed")
+        _load_trial(base, "fixed", self.fixed)
         for axis in self._axes:
             if axis.name.startswith("mix"):
                 continue  # checked by _parse_mix and by the representative trial below
             if axis.name == "cases":
                 others = {a.name: a.lowest() for a in self.searched if a.name != "cases"}
                 for i, case in enumerate(axis.candidates()):
-                    load_config(assemble_config(self, {**others, "cases": case}), prefix=f"space.cases.{axis.kind}.{i}")
+                    _load_trial(assemble_config(self, {**others, "cases": case}), f"space.cases.{axis.kind}.{i}",
+                                [k for k in case if k != "name"])
                 continue
             for value in axis.candidates():
-                load_config({**base, axis.name: value}, prefix="space")
+                _load_trial({**base, axis.name: value}, "space", [axis.name])
             if axis.kind in ("uniform", "loguniform") and axis.values[0] < axis.values[1]:
                 low, high = axis.values
                 inside = low + 0.37 * (high - low)  # a non-integral value inside the range
@@ -558,6 +608,171 @@ class StudySpec(_Strict):
             # The lowest weights are all 0: represent the mix by the highest ones instead.
             sampled.update({a.name: a.highest() for a in weights if a.searched})
         load_config(assemble_config(self, sampled), prefix="fixed")
+
+    def _check_network(self) -> None:
+        """Encoders against timm's registry; ds_depth and ds_level_weights against each encoder's levels.
+
+        Every combination a trial can get is checked: per case of ``space.cases`` (its own values
+        first), else every option of the searched fields. Nothing named: nothing to check (no timm import).
+        """
+        names = ("encoder", "ds_depth", "ds_level_weights")
+        cases = next((a for a in self._axes if a.name == "cases"), None)
+        in_cases = cases is not None and any(k in case for case in cases.values for k in names)
+        if not in_cases and not any(n in self.fixed or n in self.space for n in names):
+            return
+        scenarios = [{n: self._options(n) for n in names}]
+        if cases is not None:
+            where = f"space.cases.{cases.kind}"
+            scenarios = [{n: [(case[n], f"{where}.{i}.{n}")] if n in case else scenarios[0][n] for n in names}
+                         for i, case in enumerate(cases.values)]
+        for scenario in scenarios:
+            for encoder, encoder_path in scenario["encoder"]:
+                levels = _encoder_levels(encoder, encoder_path)
+                for depth, depth_path in scenario["ds_depth"]:
+                    if depth != "max" and depth > levels:
+                        raise UserError(
+                            f"{depth_path}: {depth} is more than the {levels} decoder levels of encoder {encoder!r} "
+                            f"(allowed 0..{levels} or max)"
+                        )
+                    for weights, weights_path in scenario["ds_level_weights"]:
+                        supervised = levels if depth == "max" else depth
+                        if weights is not None and len(weights) != supervised:
+                            raise UserError(
+                                f"{weights_path}: {len(weights)} weights for {supervised} supervised levels "
+                                f"(encoder {encoder!r}, ds_depth {depth}); give one weight per level, coarsest first"
+                            )
+
+    def _options(self, name: str) -> list[tuple[Any, str]]:
+        """(value, field path) of every value a trial can get for ``name`` outside space.cases."""
+        if name in self.fixed:
+            return [(self.fixed[name], f"fixed.{name}")]
+        axis = next((a for a in self._axes if a.name == name), None)
+        if axis is None:
+            return [(TrainConfig.model_fields[name].default, f"{name} (default)")]
+        if axis.kind == "fixed":
+            return [(axis.values[0], axis.path)]
+        if axis.kind == "int":
+            return [(v, f"{axis.path}.int") for v in axis.values]  # the bounds: what the levels limit
+        return [(v, f"{axis.path}.{axis.kind}.{i}") for i, v in enumerate(axis.values)]
+
+
+def _refuse_non_finite(value: Any, path: str) -> None:
+    """NaN and infinity are no setting of any field (a YAML .inf, .nan), wherever they are."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{path or '(top level)'}: must be a finite number, got {value!r}")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _refuse_non_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _refuse_non_finite(item, f"{path}.{i}")
+
+
+def _load_trial(config: Mapping[str, Any], prefix: str, fields) -> TrainConfig:
+    """load_config, then the limits of the given fields: finite numbers (a string "inf" parses to
+    one), and at most MAX_EPOCHS epochs."""
+    trial = load_config(config, prefix=prefix)
+    for name in fields:
+        if name in SECTION_FIELDS or name not in TrainConfig.model_fields:
+            continue
+        value = getattr(trial, name)
+        _refuse_non_finite(value.model_dump(by_alias=True) if isinstance(value, BaseModel) else value, f"{prefix}.{name}")
+    if "epochs" in fields and trial.epochs > MAX_EPOCHS:
+        raise UserError(f"{prefix}.epochs: {trial.epochs} is more than the limit of {MAX_EPOCHS} epochs")
+    return trial
+
+
+@functools.lru_cache(maxsize=64)
+def _levels_of(encoder: str) -> int:
+    from labelmix.trainables.model import num_levels
+
+    return num_levels(encoder)
+
+
+def _encoder_levels(encoder: Any, path: str) -> int:
+    """The decoder levels of an encoder name; an unknown name is refused with close names.
+
+    Names are looked up in timm's registry (never imported or evaluated)."""
+    if encoder == "unet":
+        return _levels_of(encoder)
+    import timm
+
+    if not isinstance(encoder, str) or not timm.is_model(encoder):
+        close = difflib.get_close_matches(str(encoder), ["unet", *timm.list_models()], n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise UserError(f"{path}: unknown encoder {encoder!r}; use unet or a timm model name (timm.list_models()){hint}")
+    try:
+        return _levels_of(encoder)
+    except UserError as exc:
+        raise UserError(f"{path}: {str(exc).removeprefix('encoder: ')}") from None
+    except Exception as exc:  # the user's choice of model, built by timm: any failure is theirs to fix
+        raise UserError(f"{path}: timm model {encoder!r} cannot be built with features_only=True "
+                        f"({type(exc).__name__}: {exc})") from None
+
+
+def _check_store(local: Path, path: str) -> None:
+    """A dataset store: its metadata and three small columns, never the images."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from labelmix.trainables.data.store import FORMAT_VERSION, read_metadata
+
+    if local.is_dir():
+        raise UserError(f"dataset.path: {path} is a folder; give a dataset store file made by `labelmix data ...`")
+    try:
+        meta = read_metadata(local)
+    except UserError as exc:
+        raise UserError(f"dataset.path: {exc}") from None
+    except ValueError:  # json
+        raise UserError(f"dataset.path: {path}: its labelmix metadata is not valid JSON; recreate the store") from None
+    if not isinstance(meta, Mapping) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, Mapping) else None
+        raise UserError(f"dataset.path: {path}: store format {version} is not the supported {FORMAT_VERSION}")
+    classes = meta.get("class_names")
+    if not isinstance(classes, list) or len(classes) < 2:
+        raise UserError(f"dataset.path: {path}: the store names classes {classes!r}; it needs background and at "
+                        "least one class")
+    try:
+        table = pq.read_table(local, columns=["split", "height", "width"])
+    except (pa.ArrowException, OSError, KeyError) as exc:
+        raise UserError(f"dataset.path: {path}: not a dataset store ({exc})") from None
+    splits = table.column("split").to_pylist()
+    if "train" not in splits:
+        raise UserError(f"dataset.path: {path}: the store has no training images (split train); re-import it "
+                        "with a train fraction above 0 (--split)")
+    sizes = set(zip(table.column("height").to_pylist(), table.column("width").to_pylist()))
+    if len(sizes) > 1:
+        shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:4])
+        raise UserError(f"dataset.path: {path}: images of {len(sizes)} sizes ({shown}, height x width); trials "
+                        "batch one size, so re-import with --size H W")
+
+
+def check_storage(path: str, where: str = "storage.path") -> None:
+    """A local study folder must be one this user can create and write here; nothing is created
+    to find out. Object-store URIs (s3://, gs://) are checked by the study when it writes."""
+    if "://" in path:
+        if urlsplit(path).scheme.lower() != "file":
+            return
+        path_part = urlsplit(path).path
+    else:
+        path_part = path
+    full = Path(os.path.abspath(Path(path_part).expanduser()))
+    real = Path(os.path.realpath(full))
+    for root in map(Path, VIRTUAL_ROOTS):
+        if real == root or root in real.parents:
+            raise UserError(f"{where}: {path} is under {root}, a virtual filesystem; give a folder on a disk, "
+                            "such as studies or ~/studies")
+    existing = full
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        what = f"{path} is" if existing == full else f"{path} cannot be created: {existing} is"
+        raise UserError(f"{where}: {what} a file, not a folder")
+    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        verb = "written" if existing == full else "created"
+        why = "on a read-only filesystem" if read_only else "not writable by this user"
+        raise UserError(f"{where}: {path} cannot be {verb}: {existing} is {why}")
 
 
 def _type_name(annotation: Any) -> str:
@@ -658,14 +873,7 @@ def load_spec(path_or_name: str) -> tuple[StudySpec, str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path_or_name}: cannot read: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise UserError(f"{path_or_name}: bad YAML{where}: {problem}") from None
-    return parse_spec(data, source=path_or_name), text
+    return parse_spec(load_yaml(text, path_or_name), source=path_or_name), text
 
 
 def smoke_spec(spec: StudySpec) -> StudySpec:

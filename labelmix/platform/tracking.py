@@ -25,6 +25,7 @@ before ``on_experiment_end`` returns.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -78,15 +79,26 @@ UNREACHABLE_HINT = ("start one with `labelmix server start`, or leave --tracking
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0, hint: str = UNREACHABLE_HINT) -> None:
-    """For http(s) URIs: ``GET <uri>/health`` must answer 200, else a UserError (call before Ray starts)."""
+    """For http(s) URIs: ``GET <uri>/health`` must answer 200, else a UserError (call before Ray starts).
+
+    Credentials in the URI (``http://user:secret@host/``), else MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD, go in a basic-auth header; the message shows the URI redacted."""
+    from labelmix.mlflow_server import mask_password, split_credentials
+
     if urlsplit(uri).scheme.lower() not in ("http", "https"):
         return
+    clean, user, password = split_credentials(uri)
+    user = user or os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = password or os.environ.get("MLFLOW_TRACKING_PASSWORD")
     handlers = []
-    if _is_loopback(urlsplit(uri).hostname or ""):
+    if _is_loopback(urlsplit(clean).hostname or ""):
         handlers.append(urllib.request.ProxyHandler({}))  # an HTTP(S)_PROXY must not see loopback
-    url = uri.rstrip("/") + "/health"
+    request = urllib.request.Request(clean.rstrip("/") + "/health")
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.build_opener(*handlers).open(url, timeout=timeout_s) as response:
+        with urllib.request.build_opener(*handlers).open(request, timeout=timeout_s) as response:
             if response.status == 200:
                 return
             reason = f"GET /health answered {response.status}"
@@ -94,7 +106,23 @@ def check_reachable(uri: str, timeout_s: float = 5.0, hint: str = UNREACHABLE_HI
         reason = f"GET /health answered {e.code}"
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = str(getattr(e, "reason", None) or e)
-    raise UserError(f"tracking server {uri} is not reachable ({reason}); {hint}")
+    shown = mask_password(uri)
+    raise UserError(f"tracking server {shown} is not reachable ({mask_password(reason)}); {hint}")
+
+
+def use_credentials(uri: str, environ: Optional[dict] = None) -> str:
+    """The URI without its user info; a user and password found in it go to MLflow's
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (in ``environ``, default os.environ),
+    so no password is kept in a run record, a pickled callback or a printed line."""
+    from labelmix.mlflow_server import split_credentials
+
+    environ = os.environ if environ is None else environ
+    clean, user, password = split_credentials(uri)
+    if user:
+        environ["MLFLOW_TRACKING_USERNAME"] = user
+    if password:
+        environ["MLFLOW_TRACKING_PASSWORD"] = password
+    return clean
 
 
 def code_version() -> str:
@@ -324,6 +352,13 @@ class MlflowTracking(Callback):
 
     # ---- setup: experiment, parent run, existing children
     @property
+    def shown_uri(self) -> str:
+        """The URI as printed and recorded: a database password masked (``postgresql://u:***@h/db``)."""
+        from labelmix.mlflow_server import mask_password
+
+        return mask_password(self.uri)
+
+    @property
     def client(self):
         if self._client is None:
             from mlflow import MlflowClient
@@ -377,7 +412,7 @@ class MlflowTracking(Callback):
         """The parent run named in mlflow_runs.json, if it is on this server and still ours."""
         from mlflow.exceptions import MlflowException
 
-        if saved.get("uri") != self.uri or not saved.get("parent"):
+        if saved.get("uri") != self.shown_uri or not saved.get("parent"):
             return None
         try:
             run = self.client.get_run(saved["parent"])
@@ -412,7 +447,7 @@ class MlflowTracking(Callback):
         return data if isinstance(data, dict) else {}
 
     def _write_runs_file(self) -> None:
-        record = {"uri": self.uri, "experiment": self.experiment, "experiment_id": self.experiment_id,
+        record = {"uri": self.shown_uri, "experiment": self.experiment, "experiment_id": self.experiment_id,
                   "study": self.study_name, "parent": self.parent_id, "children": dict(self.child_ids)}
         self.study_dir.mkdir(parents=True, exist_ok=True)
         path = self.study_dir / RUNS_FILE
@@ -603,11 +638,11 @@ class MlflowTracking(Callback):
         """A failed write is logged; after MAX_FAILURES in a row the server is taken to be gone and
         the rest is dropped (each request would otherwise wait out MLflow's retries)."""
         self.failures += 1
-        log.exception("MLflow (%s): could not write %s", self.uri, what)
+        log.exception("MLflow (%s): could not write %s", self.shown_uri, what)
         if self.failures >= MAX_FAILURES:
             self.disabled = True
             log.error("MLflow (%s): %d writes failed in a row; tracking is off for the rest of this study "
-                      "(the study folder still has every trial: trials.parquet)", self.uri, self.failures)
+                      "(the study folder still has every trial: trials.parquet)", self.shown_uri, self.failures)
 
     def _start_child(self, trial_id: str, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
@@ -650,10 +685,11 @@ def study_tracking(spec: Any, source_text: str, directory: Path, cli_uri: Option
     configs (``labelmix.platform.space.trial_config``)."""
     uri = resolve_tracking_uri(cli_uri, spec, directory)
     check_reachable(uri)
+    uri = use_credentials(uri)
     tracking = MlflowTracking(uri, spec.tracking.experiment or spec.name, spec.name, source_text, tags, directory,
                               config_of=partial(decoded_config, spec))
     tracking.open()
-    print(f"[{spec.name}] MLflow: {tracking.run_url or uri} (experiment {tracking.experiment!r})", flush=True)
+    print(f"[{spec.name}] MLflow: {tracking.run_url or tracking.shown_uri} (experiment {tracking.experiment!r})", flush=True)
     return tracking
 
 

@@ -58,6 +58,14 @@ def spec_with(**changes) -> dict:
 DELETE = object()
 
 
+def tiny_store(path):
+    """A real dataset store of 8 synthetic 32x32 images (the spec reads a store's metadata)."""
+    from labelmix.trainables.data.synth import SynthSettings
+    from labelmix.trainables.data.synth_store import write_synthetic_store
+
+    return write_synthetic_store(SynthSettings(4, 2, 32, 32, 0), path).path
+
+
 def test_valid_spec_loads_with_filled_defaults():
     spec = parse_spec(VALID)
     assert isinstance(spec, StudySpec)
@@ -115,7 +123,7 @@ def test_grid_trials_default_to_the_grid_size():
 
 def test_dataset_path_must_exist_and_becomes_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "store.parquet").write_bytes(b"")
+    tiny_store(tmp_path / "store.parquet")
     spec = parse_spec(spec_with(dataset={"path": "store.parquet"}))
     assert spec.dataset.path == str(tmp_path / "store.parquet")
     assert parse_spec(spec_with(dataset={"path": "s3://bucket/store.parquet"})).dataset.path.startswith("s3://")
@@ -259,8 +267,7 @@ def test_smoke_spec_shrinks():
 
 
 def test_smoke_spec_of_a_path_dataset_limits_images(tmp_path):
-    store = tmp_path / "store.parquet"
-    store.write_bytes(b"")
+    store = tiny_store(tmp_path / "store.parquet")
     smoke = smoke_spec(parse_spec(spec_with(dataset={"path": str(store)})))
     assert smoke.dataset.path == str(store)
     assert smoke.dataset.max_train_images == 16 and smoke.dataset.max_eval_images == 16
