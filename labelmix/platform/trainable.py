@@ -28,9 +28,8 @@ import torch
 from ray import tune
 
 from labelmix.platform.space import trial_config
-from labelmix.trainables.config import TrainConfig, load_config
-from labelmix.trainables.data.store import load_store
-from labelmix.trainables.fit import fit, pick_device, plan_annotations, resolve_store
+from labelmix.trainables.config import load_config
+from labelmix.trainables.fit import build_run, train
 
 OVER_BUDGET = "status/over_budget"
 NODE_ID = "node/id"
@@ -106,11 +105,6 @@ def make_reporter(on_gpu: bool):
     return report
 
 
-def planned_cost(config: TrainConfig) -> dict[str, float]:
-    """Cost metrics of the trial's mix, computed before any training (for the budget cap)."""
-    return plan_annotations(config, load_store(resolve_store(config)))[2].metrics()
-
-
 def run_trial(sampled: Mapping[str, Any], spec: Any, cpus_per_trial: float = 1.0,
               dataset: Optional[DatasetSource] = None) -> None:
     """Tune's function trainable: config dict -> frozen TrainConfig -> fit, resumed from Tune's checkpoint."""
@@ -118,21 +112,19 @@ def run_trial(sampled: Mapping[str, Any], spec: Any, cpus_per_trial: float = 1.0
     values.setdefault("threads", max(1, int(cpus_per_trial)))
     if dataset is not None:
         values["dataset"] = {**values["dataset"], "path": str(node_local_store(dataset))}
-    config = load_config(values)
+    run = build_run(load_config(values))  # the store is read once; the mix's cost comes with the run
     cap = spec.budget.max_hours
-    if cap is not None:
-        cost = planned_cost(config)
-        if cost["cost/hours"] > cap:
-            # Not trained: NaN objectives make Optuna mark the trial failed-by-design, not a result.
-            tune.report({**cost, OVER_BUDGET: 1.0, "val/miou": math.nan, "epoch": 0.0, NODE_ID: node_id()})
-            return
-    on_gpu = pick_device(config.device).type == "cuda"
+    if cap is not None and run.cost_metrics["cost/hours"] > cap:
+        # Not trained: NaN objectives make Optuna mark the trial failed-by-design, not a result.
+        tune.report({**run.cost_metrics, OVER_BUDGET: 1.0, "val/miou": math.nan, "epoch": 0.0, NODE_ID: node_id()})
+        return
+    on_gpu = run.device.type == "cuda"
     if on_gpu:  # actors are reused across trials: the peak must be this trial's own
         torch.cuda.reset_peak_memory_stats()
     report = make_reporter(on_gpu)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        fit(config, report)
+        train(run, report)
         return
     with checkpoint.as_directory() as directory:
-        fit(config, report, resume_from=directory)
+        train(run, report, resume_from=directory)

@@ -26,7 +26,7 @@ from labelmix.trainables.criterion import Criterion, build_criterion
 from labelmix.trainables.data.annotations import MixCost, assign_mix, mix_cost
 from labelmix.trainables.data.store import ImageStore, load_store
 from labelmix.trainables.metrics import confusion_matrix, segmentation_scores
-from labelmix.trainables.model import build_model, num_levels
+from labelmix.trainables.model import build_model
 from labelmix.trainables.teacher import make_teacher, rampup, update_teacher
 
 Report = Callable[[Mapping[str, float], Optional[str]], None]
@@ -63,7 +63,12 @@ class Run:
 def fit(config: TrainConfig | Mapping[str, Any], report: Report, resume_from: str | None = None) -> dict[str, float]:
     """Train for config.epochs; report after every epoch; return the final metrics."""
     config = config if isinstance(config, TrainConfig) else load_config(config)
-    run = build_run(config)
+    return train(build_run(config), report, resume_from)
+
+
+def train(run: Run, report: Report, resume_from: str | None = None) -> dict[str, float]:
+    """Train a built run (from its checkpoint folder ``resume_from``, if given); report after every epoch."""
+    config = run.config
     start_epoch = load_checkpoint(run, resume_from) if resume_from else 0
     total_steps = config.epochs * run.steps_per_epoch
     metrics: dict[str, float] = {}
@@ -88,12 +93,11 @@ def build_run(config: TrainConfig) -> Run:
     store = load_store(resolve_store(config))
     train_store, types, cost = plan_annotations(config, store)
 
-    depth = num_levels(config.encoder) if config.ds_depth == "max" else config.ds_depth  # build_model checks it
     if config.precision == "fp16" and device.type != "cuda":
         raise UserError("precision: fp16 needs a CUDA device; use bf16 on the CPU")
     train = to_tensors(train_store)
     student = build_model(
-        config.encoder, store.num_classes, in_chans=1, ds_depth=depth,
+        config.encoder, store.num_classes, in_chans=1, ds_depth=config.ds_depth,
         pretrained=config.pretrained, decoder_channels=config.decoder_channels,
         decoder_scale=config.decoder_scale, unet_base_channels=config.unet_base_channels,
         input_stats=image_stats(train.images) if config.normalize_input else (0.0, 1.0),
@@ -102,7 +106,7 @@ def build_run(config: TrainConfig) -> Run:
         student = student.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # shapes are fixed within a run
-    criterion = build_criterion(config, store.num_classes, depth, device)
+    criterion = build_criterion(config, store.num_classes, student.ds_depth, device)
     steps = config.steps_per_epoch or max(1, len(train_store) // config.batch_size)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return Run(

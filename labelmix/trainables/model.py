@@ -218,7 +218,7 @@ def build_model(
     encoder: str = "resnet18",
     num_classes: int = 4,
     in_chans: int = 1,
-    ds_depth: int = 5,
+    ds_depth: int | str = 5,
     pretrained: bool = False,
     decoder_channels: tuple[int, ...] | None = None,
     unet_base_channels: int = 64,
@@ -233,7 +233,7 @@ def build_model(
     (at least 16); ``decoder_scale`` multiplies these default widths (at least 16 each; ignored
     when ``decoder_channels`` is given). ``unet_base_channels`` is the first block's width of the "unet" encoder (64
     in the authors' code; small values keep tests fast). ``input_stats`` (mean, std): the
-    model first maps its input x to (x - mean) / std.
+    model first maps its input x to (x - mean) / std. ``ds_depth`` "max" supervises every level.
     """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise UserError(f"num_classes: must be an integer >= 2 (background + classes), got {num_classes!r}")
@@ -255,6 +255,8 @@ def build_model(
             )
 
     levels = len(enc.channels)
+    if ds_depth == "max":  # every decoder level, down to the bottleneck
+        ds_depth = levels
     if not isinstance(ds_depth, int) or ds_depth < 0:
         raise UserError(f"ds_depth: must be an integer in 0..{levels}, got {ds_depth!r}")
     if ds_depth > levels:

@@ -64,6 +64,7 @@ def test_num_levels():
     assert num_levels("unet") == 5
     assert num_levels("test_convnext") == 4  # strides 4 .. 32
     assert build_model("test_convnext", ds_depth=4).num_levels == 4
+    assert build_model("test_convnext", ds_depth="max").ds_depth == 4  # the model resolves "max" itself
 
 
 def test_decoder_widths_come_from_feature_info():
