@@ -200,13 +200,16 @@ def cmd_logs(args) -> int:
 def cmd_table(args) -> int:
     from pathlib import Path
 
-    from labelmix.platform.paired import format_paired, paired_table
+    from labelmix.platform.paired import combine, format_paired, paired_table
     from labelmix.platform.trial_table import TRIALS_FILE, read_table
 
-    folder = Path(args.study)
-    if not (folder / TRIALS_FILE).is_file():
-        raise UserError(f"{args.study}: no {TRIALS_FILE} here; give a study folder such as studies/annotation-types")
-    table = paired_table(read_table(folder), args.metric, args.baseline)
+    frames = []
+    for study in args.study:
+        folder = Path(study)
+        if not (folder / TRIALS_FILE).is_file():
+            raise UserError(f"{study}: no {TRIALS_FILE} here; give a study folder such as studies/annotation-types")
+        frames.append(read_table(folder))
+    table = paired_table(combine(frames), args.metric, args.baseline)
     print(format_paired(table, args.metric, args.baseline))
     return 0
 
@@ -240,7 +243,7 @@ def register(sub) -> None:
 
     jobs_help = "the Ray Jobs API of the cluster (default $RAY_ADDRESS, else http://127.0.0.1:8265: the SSH tunnel)"
     p = sub.add_parser("table", help="paired table of a seed x cases study: mean, std, paired difference to a baseline case")
-    p.add_argument("study", help="study folder (holds trials.parquet)")
+    p.add_argument("study", nargs="+", help="study folder(s) (each holds trials.parquet); for the same case and seed a later one counts")
     p.add_argument("--metric", default="val/miou", help="a metric column of the trial table (default val/miou)")
     p.add_argument("--baseline", default=None, help="case to pair every case with, e.g. '5%% alone'")
     p.set_defaults(func=cmd_table)

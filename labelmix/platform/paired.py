@@ -19,6 +19,18 @@ from labelmix.errors import UserError
 SEED = "config/seed"
 
 
+def combine(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The finished trials of several studies' tables as one: where two hold the same case and seed,
+    the later table's trial counts (a case re-measured after a fix replaces the earlier one)."""
+    done = [f[f["status"] == "TERMINATED"] for f in frames if "status" in f]
+    if not done:
+        return pd.DataFrame({"status": []})
+    joined = pd.concat(done, ignore_index=True)
+    if "case" not in joined or SEED not in joined:
+        return joined
+    return joined.drop_duplicates(subset=["case", SEED], keep="last").reset_index(drop=True)
+
+
 def finished_cases(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """case x seed -> metric of the finished trials (one column per case, in first-seen order)."""
     for column in ("case", SEED, metric):

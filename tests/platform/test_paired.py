@@ -106,3 +106,22 @@ def test_table_command_reads_a_study_folder(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "labelmix.cli", "table", str(tmp_path / "nope")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "no trials.parquet here" in missing.stderr
+
+
+def test_a_later_study_replaces_the_same_case_and_seed(tmp_path):
+    from labelmix.platform.paired import combine
+
+    redo = pd.DataFrame([{"case": "alone", "config/seed": 0, "status": "TERMINATED", "val/miou": 0.40},
+                         {"case": "alone", "config/seed": 1, "status": "ERROR", "val/miou": 0.0}])
+    table = paired_table(combine([_frame(), redo]), "val/miou", "alone").set_index("case")
+    # alone: 0.40 (re-measured), 0.50, 0.20; the errored redo of seed 1 does not replace the finished one
+    assert table.loc["alone", "mean"] == pytest.approx((0.40 + 0.50 + 0.20) / 3)
+    assert table.loc["boxes", "diff_mean"] == pytest.approx(((0.60 - 0.40) + (0.62 - 0.50) + (0.58 - 0.20)) / 3)
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    _frame().to_parquet(first / "trials.parquet")
+    redo.to_parquet(second / "trials.parquet")
+    out = subprocess.run([sys.executable, "-m", "labelmix.cli", "table", str(first), str(second)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "| alone | 3 | 0.367 |" in out.stdout

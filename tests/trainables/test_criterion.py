@@ -57,3 +57,15 @@ def test_without_strong_augment_both_see_the_same_view():
     _, student_in, teacher_in = _terms(strong_augment=False)
     assert torch.equal(student_in, batch.images)
     assert torch.equal(teacher_in, batch.images[1:])
+
+
+def test_images_without_a_loss_keep_the_weak_view():
+    torch.manual_seed(0)
+    student, teacher = Recorder(), Recorder()
+    criterion = build_criterion(load_config({"ds_depth": 0}), 4, 0, torch.device("cpu"))
+    batch = _batch()
+    criterion.terms(student, teacher, batch, pseudo_weight=0.0)  # "5% alone": unlabeled images carry no loss
+    seen = student.seen[0]
+    assert torch.equal(seen[2], batch.images[2])  # the unlabeled image: weak view
+    assert not torch.allclose(seen[1], batch.images[1], atol=1e-3)  # the box image still learns from a strong view
+    assert teacher.seen == []  # no pseudo-labels at weight 0
