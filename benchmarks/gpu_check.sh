@@ -7,9 +7,8 @@
 # First, one trial's data and step times on the GPU: benchmarks/data_loading.py --device cuda at
 # fp32 and at bf16 (batch preparation, old per-image CPU Augmenter against the whole-batch
 # BatchAugmenter on the GPU, next to the training step's compute, synchronised), written to
-# benchmarks/results/data_loading_cuda.json and data_loading_cuda_bf16.json. (The step times come
-# from data_loading.py, not step_throughput.py: that script leaves its batch where make_batch put it
-# and autocasts on the CPU, so it runs on the CPU only.)
+# benchmarks/results/data_loading_cuda.json and data_loading_cuda_bf16.json (the step times come
+# from data_loading.py, which synchronises the GPU around each step).
 #
 # Then the study. Prints trials per hour, GPU utilisation (nvidia-smi sampled every 0.5 s in the
 # background, during the study only) and the peak GPU memory of every trial (gpu/peak_memory_mb,
