@@ -2,11 +2,14 @@
 
 ``labelmix frontier`` and ``labelmix recommend`` work from the tracking server alone (no study folder,
 no Ray): the study is the parent run (``labelmix.role=study``) of an experiment, the trials its child
-runs. Only FINISHED trials count; the frontier is ``pareto_mask`` over (``cost/hours`` min,
-``val/miou`` max), the recommendation ``frontier.recommend`` under the budget.
+runs. The study's objectives are the parent's ``labelmix.objectives`` tag (val/miou max, cost/hours
+min for a study logged before the tag); the trial table, its frontier and the recommendation are
+those of ``labelmix.platform.trial_table`` for them: only FINISHED trials count, the recommendation is
+the best quality within the budget.
 
 The CLI imports this module to build its parser, so the module itself imports only the standard
-library; MLflow, pandas and the tracking module (which imports Ray) load when a command runs.
+library (and trial_table, which does too); MLflow, pandas and the tracking module (which imports Ray)
+load when a command runs.
 """
 
 from __future__ import annotations
@@ -17,18 +20,31 @@ import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
-from urllib.parse import urlsplit
 
 from labelmix.errors import UserError
+from labelmix.platform.trial_table import (
+    COST,
+    RUNS_FILE,
+    TAG_OBJECTIVES,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_STUDY,
+    TAG_TRIAL,
+    as_objectives,
+    counted_hours,
+    format_frontier,
+    frontier_axes,
+    frontier_rows,
+    recommend_index,
+    run_url,
+    table_objectives,
+    with_pareto,
+)
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
 FORMATS = ("table", "csv", "json", "parquet")
-COST, SCORE = "cost/hours", "val/miou"  # the names of labelmix.platform.results
-RUNS_FILE = "mlflow_runs.json"  # labelmix.platform.tracking.RUNS_FILE
-TAG_STUDY, TAG_ROLE, TAG_TRIAL, TAG_PARENT = "labelmix.study", "labelmix.role", "labelmix.trial_id", "mlflow.parentRunId"
 
 
 # --- finding the study ----------------------------------------------------------------------------
@@ -90,8 +106,14 @@ def parse_param(text: str) -> Any:
     return text
 
 
-def trials_table(client, experiment_id: str, parent_id: str) -> pd.DataFrame:
-    """One row per child run: trial_id, run_id, status (MLflow's), last metrics, config/<param>."""
+def study_objectives(parent) -> tuple[tuple[str, str], ...]:
+    """The objectives recorded on the study's parent run (the default for a study without the tag)."""
+    return as_objectives(parent.data.tags.get(TAG_OBJECTIVES))
+
+
+def trials_table(client, experiment_id: str, parent_id: str, objectives=None) -> pd.DataFrame:
+    """One row per child run: trial_id, run_id, status (MLflow's), last metrics, config/<param>; the
+    ``pareto`` column flagged on ``objectives`` (default val/miou max, cost/hours min)."""
     import pandas as pd
 
     from labelmix.platform.tracking import search_all
@@ -106,52 +128,17 @@ def trials_table(client, experiment_id: str, parent_id: str) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows, columns=None if rows else ["trial_id", "run_id", "status"])
     metrics = sorted(c for c in frame.columns if c not in ("trial_id", "run_id", "status") and not c.startswith("config/"))
-    first = [c for c in (COST, SCORE) if c in metrics]
+    (x, _), (y, _) = frontier_axes(objectives)
+    first = [c for c in dict.fromkeys((x, y, COST)) if c in metrics]
     config = sorted(c for c in frame.columns if c.startswith("config/"))
     frame = frame[["trial_id", "run_id", "status", *first, *[m for m in metrics if m not in first], *config]]
-    return with_frontier(frame)
-
-
-def _objectives(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """cost and score with NaN for trials that did not finish (never on the front, never recommended)."""
-    import numpy as np
-    import pandas as pd
-
-    if table.empty or COST not in table or SCORE not in table:
-        return np.full(len(table), np.nan), np.full(len(table), np.nan)
-    finished = (table["status"] == "FINISHED").to_numpy()
-    cost = np.where(finished, pd.to_numeric(table[COST], errors="coerce").to_numpy(float), np.nan)
-    score = np.where(finished, pd.to_numeric(table[SCORE], errors="coerce").to_numpy(float), np.nan)
-    return cost, score
-
-
-def with_frontier(table: pd.DataFrame) -> pd.DataFrame:
-    """Adds ``pareto``: FINISHED trials not dominated in (cost/hours min, val/miou max)."""
-    from labelmix.platform.frontier import pareto_mask
-
-    table = table.copy()
-    table["pareto"] = pareto_mask(*_objectives(table))
-    return table
-
-
-def frontier(table: pd.DataFrame) -> pd.DataFrame:
-    front = table[table["pareto"]]
-    return front.sort_values(COST).reset_index(drop=True) if COST in front else front.reset_index(drop=True)
+    return with_pareto(frame, objectives)
 
 
 def recommend_trial(table: pd.DataFrame, budget_hours: float) -> Optional[pd.Series]:
-    """The best FINISHED trial whose cost/hours fits the budget, or None."""
-    from labelmix.platform.frontier import recommend
-
-    index = recommend(*_objectives(table), budget_hours)
+    """The best FINISHED trial, on the table's quality objective, whose cost/hours fits the budget."""
+    index = recommend_index(table, budget_hours)
     return None if index is None else table.iloc[index]
-
-
-def run_url(uri: str, experiment_id: str, run_id: str) -> Optional[str]:
-    """The run's page in the MLflow UI (servers only)."""
-    if urlsplit(uri).scheme.lower() not in ("http", "https"):
-        return None
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 # --- the commands ---------------------------------------------------------------------------------
@@ -184,12 +171,10 @@ def _locate(args):
 def cmd_frontier(args) -> int:
     if args.format == "parquet" and not args.out:
         raise UserError("--format parquet writes a binary file: give --out FILE")
-    from labelmix.platform.results import format_frontier
-
     client, uri, experiment, parent = _locate(args)
     study = parent.data.tags.get(TAG_STUDY, parent.info.run_name)
-    table = trials_table(client, experiment.experiment_id, parent.info.run_id)
-    front = frontier(table)
+    table = trials_table(client, experiment.experiment_id, parent.info.run_id, study_objectives(parent))
+    front = frontier_rows(table)
     if args.log:
         from labelmix.platform.tracking import log_frontier
 
@@ -197,8 +182,9 @@ def cmd_frontier(args) -> int:
     out = Path(args.out) if args.out else None
     if args.format == "table":
         finished = int((table["status"] == "FINISHED").sum())
+        (x, _), (y, _) = frontier_axes(table_objectives(table))
         text = (f"study {study} (experiment {experiment.name}, run {parent.info.run_id}): {finished} of {len(table)} "
-                f"trials finished, {len(front)} on the frontier\n{format_frontier(front)}\n")
+                f"trials finished, {len(front)} on the frontier of {y} vs {x}\n{format_frontier(front)}\n")
     elif args.format == "csv":
         text = front.drop(columns="pareto").to_csv(index=False)
     elif args.format == "json":
@@ -224,38 +210,43 @@ def cmd_recommend(args) -> int:
         raise UserError(f"--budget-hours: must be a number >= 0, got {budget}")
     client, uri, experiment, parent = _locate(args)
     study = parent.data.tags.get(TAG_STUDY, parent.info.run_name)
-    table = trials_table(client, experiment.experiment_id, parent.info.run_id)
+    table = trials_table(client, experiment.experiment_id, parent.info.run_id, study_objectives(parent))
     best = recommend_trial(table, budget)
     if best is None:
         import numpy as np
 
-        cost, score = _objectives(table)
-        valid = np.isfinite(cost) & np.isfinite(score)
-        if not valid.any():
-            print(f"study {study}: no finished trial with {COST} and {SCORE} yet; nothing to recommend", file=sys.stderr)
+        (x, _), (y, _) = frontier_axes(table_objectives(table))
+        hours = counted_hours(table)
+        if not np.isfinite(hours).any():
+            needed = " and ".join(dict.fromkeys((x, y, COST)))
+            print(f"study {study}: no finished trial with {needed} yet; nothing to recommend", file=sys.stderr)
         else:
-            cheapest = table.iloc[int(np.nanargmin(np.where(valid, cost, np.nan)))]
+            cheapest = table.iloc[int(np.nanargmin(hours))]
             print(f"study {study}: no finished trial fits {budget:g} annotation hours; the cheapest one "
                   f"({cheapest['trial_id']}) needs {float(cheapest[COST]):.2f} h", file=sys.stderr)
         return 1
-    print(format_recommendation(best, budget, study))
+    print(format_recommendation(best, budget, study, table_objectives(table)))
     url = run_url(uri, experiment.experiment_id, best["run_id"])
     print(f"  MLflow run      {url or best['run_id']}")
     return 0
 
 
-def format_recommendation(row: pd.Series, budget: float, study: str) -> str:
+def format_recommendation(row: pd.Series, budget: float, study: str, objectives=None) -> str:
+    """The recommended trial: its quality objective, hours, the other objective, test mIoU, config."""
     import pandas as pd
 
     from labelmix.platform.plots import mix_label
 
+    (x, _), (y, _) = frontier_axes(objectives)
     lines = [
         f"study {study}: best finished trial within {budget:g} annotation hours: {row['trial_id']}",
         f"  mix             {mix_label(row)}  (full masks, boxes, global labels, unlabeled)",
-        f"  {SCORE:<15} {float(row[SCORE]):.4f}",
+        f"  {y:<15} {float(row[y]):.4f}",
         f"  {COST:<15} {float(row[COST]):.2f}",
     ]
-    for extra in ("test/miou", "cost/reduction"):
+    for extra in dict.fromkeys((x, "val/miou", "test/miou", "cost/reduction")):
+        if extra in (y, COST):
+            continue
         if extra in row and pd.notna(row[extra]):
             lines.append(f"  {extra:<15} {float(row[extra]):.4f}")
     config = [(k.removeprefix("config/"), v) for k, v in row.items() if k.startswith("config/") and _present(v)]

@@ -54,7 +54,10 @@ def _print_result(result) -> int:
 
     table = result.table
     done = int((table["status"] == "TERMINATED").sum()) if len(table) else 0
-    print(f"\n{done} of {len(table)} trials finished. Frontier (annotation hours vs val/miou):")
+    from labelmix.platform.trial_table import as_objectives
+
+    axes = " vs ".join(metric for metric, _ in as_objectives(getattr(table, "attrs", {}).get("objectives")))
+    print(f"\n{done} of {len(table)} trials finished. Frontier ({axes}):")
     print(format_frontier(result.frontier))
     print(f"\nstudy folder: {result.location} (spec.yaml, trials.parquet, frontier.parquet)")
     failed = table[table["status"] == "ERROR"] if len(table) else table

@@ -1,9 +1,11 @@
-"""The cost-versus-mIoU frontier as pictures: a static PNG and a self-contained interactive HTML page.
+"""The cost-versus-quality frontier as pictures: a static PNG and a self-contained interactive HTML page.
 
-Both take the trial table of ``labelmix.platform.results`` (columns ``trial_id``, ``cost/hours``,
-``val/miou``, ``pareto``, ``config/mix.full`` ...). Trials with an unknown cost or score (errored,
-diverged, over budget) are not drawn. The HTML page has no external resources (inline SVG and a few
-lines of JavaScript), so it opens offline and inside the MLflow artifact viewer.
+Both take a trial table (``labelmix.platform.trial_table``: ``trial_id``, the objective metrics,
+``pareto``, ``config/mix.full`` ...) and draw its frontier axes (``frontier_axes`` of the table's
+objectives: x the cost axis, y the quality axis; by default cost/hours and val/miou). Trials without a
+value on either axis (errored, diverged, over budget) are not drawn. The HTML page has no external
+resources (inline SVG and a few lines of JavaScript), so it opens offline and inside the MLflow
+artifact viewer.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelmix.platform.frontier import pareto_mask
+from labelmix.platform.trial_table import frontier_axes, objective_values, table_objectives, with_pareto
 
-COST, SCORE = "cost/hours", "val/miou"
-X_LABEL = "annotation cost (hours)"
-Y_LABEL = "foreground mIoU (val)"
+LABELS = {  # axis label, short name for titles
+    "cost/hours": ("annotation cost (hours)", "annotation cost"),
+    "cost/reduction": ("annotation cost reduction (vs all full masks)", "cost reduction"),
+    "val/miou": ("foreground mIoU (val)", "mIoU"),
+    "val/mdice": ("foreground Dice (val)", "Dice"),
+    "val/miou_bg": ("mIoU with background (val)", "mIoU with background"),
+}
 MIX_TYPES = (("full", "F"), ("box", "B"), ("global", "G"), ("none", "N"))
 
 
@@ -32,50 +38,65 @@ def mix_label(row) -> str:
     return " ".join(f"{letter}{100 * (v or 0.0):.0f}%" for (_, letter), v in zip(MIX_TYPES, values))
 
 
-def plotted(table: pd.DataFrame) -> pd.DataFrame:
-    """The drawable trials (finite cost and score), with a ``pareto`` column, sorted by cost."""
-    if table.empty or COST not in table or SCORE not in table:
-        return pd.DataFrame(columns=["trial_id", COST, SCORE, "pareto"])
-    frame = table.copy()
-    frame[COST] = pd.to_numeric(frame[COST], errors="coerce")
-    frame[SCORE] = pd.to_numeric(frame[SCORE], errors="coerce")
-    if "pareto" not in frame:
-        frame["pareto"] = pareto_mask(frame[COST].to_numpy(float), frame[SCORE].to_numpy(float))
-    finite = np.isfinite(frame[COST].to_numpy(float)) & np.isfinite(frame[SCORE].to_numpy(float))
-    frame = frame[finite].copy()
+def _label(metric: str, short: bool = False) -> str:
+    return LABELS.get(metric, (metric, metric))[1 if short else 0]
+
+
+def _heading(title: str | None, x: str, y: str) -> str:
+    what = f"{_label(x, True)} vs {_label(y, True)}"
+    return f"{title}: {what}" if title else what
+
+
+def plotted(table: pd.DataFrame, objectives=None) -> tuple[pd.DataFrame, str, str, bool]:
+    """(trials, x, y, x_up): the drawable trials (counted, a value on both axes) with the axes as
+    columns ``x`` and ``y`` and a ``pareto`` column, sorted by x; the axes' metric names; whether a
+    larger x is better (then the front falls from left to right). ``objectives`` None: the table's."""
+    objectives = table_objectives(table) if objectives is None else objectives
+    (x, x_mode), (y, _) = frontier_axes(objectives)
+    frame = table if "pareto" in table else with_pareto(table, objectives)
+    values = objective_values(frame, objectives)  # N x 2
+    frame = frame.assign(x=values[:, 0], y=values[:, 1])
+    frame = frame[np.isfinite(values).all(axis=1)].copy()
     frame["pareto"] = frame["pareto"].fillna(False).astype(bool)
-    return frame.sort_values([COST, SCORE], ascending=[True, False]).reset_index(drop=True)
+    return frame.sort_values(["x", "y"], ascending=[True, False]).reset_index(drop=True), x, y, x_mode == "max"
 
 
-def frontier_png(table: pd.DataFrame, path, title: str | None = None) -> Path:
+def frontier_png(table: pd.DataFrame, path, title: str | None = None, objectives=None) -> Path:
     """Static plot: every trial in grey, the frontier as a step line with markers and mix labels."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on cluster heads; never opens a window
     import matplotlib.pyplot as plt
 
-    frame = plotted(table)
+    frame, x, y, x_up = plotted(table, objectives)
     front = frame[frame["pareto"]]
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     try:
-        ax.scatter(frame[COST], frame[SCORE], s=22, color="0.65", alpha=0.8, label=f"trials ({len(frame)})", zorder=2)
+        ax.scatter(frame["x"], frame["y"], s=22, color="0.65", alpha=0.8, label=f"trials ({len(frame)})", zorder=2)
         if len(front):
-            # Step "post": between two frontier points the best reachable mIoU is the cheaper one's.
-            xs, ys = front[COST].to_numpy(float), front[SCORE].to_numpy(float)
-            right = max(float(frame[COST].max()), xs[-1]) * 1.02
-            ax.step(np.append(xs, right), np.append(ys, ys[-1]), where="post", color="tab:red", lw=1.8, zorder=3)
+            # A step: between two frontier points the best reachable quality is the cheaper one's
+            # (the left one's for a cost to minimise, the right one's for a reduction to maximise).
+            xs, ys = front["x"].to_numpy(float), front["y"].to_numpy(float)
+            if x_up:
+                left = min(float(frame["x"].min()), xs[0])
+                left -= 0.02 * (abs(left) or 1.0)
+                ax.step(np.insert(xs, 0, left), np.insert(ys, 0, ys[0]), where="pre", color="tab:red", lw=1.8, zorder=3)
+            else:
+                right = max(float(frame["x"].max()), xs[-1]) * 1.02
+                ax.step(np.append(xs, right), np.append(ys, ys[-1]), where="post", color="tab:red", lw=1.8, zorder=3)
             ax.scatter(xs, ys, s=46, color="tab:red", edgecolor="black", lw=0.6, label=f"frontier ({len(front)})", zorder=4)
             ax.margins(x=0.04, y=0.1)
         if frame.empty:
             ax.text(0.5, 0.5, "no finished trials with a cost and a score yet", ha="center", va="center",
                     transform=ax.transAxes, color="0.4")
-        ax.set_xlabel(X_LABEL)
-        ax.set_ylabel(Y_LABEL)
-        ax.set_title(f"{title}: annotation cost vs mIoU" if title else "annotation cost vs mIoU")
+        ax.set_xlabel(_label(x))
+        ax.set_ylabel(_label(y))
+        ax.set_title(_heading(title, x, y))
         ax.grid(True, color="0.9", zorder=0)
-        ax.set_xlim(left=0)
+        if len(frame) == 0 or float(frame["x"].min()) >= 0:
+            ax.set_xlim(left=0)
         if len(frame):
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="lower left" if x_up else "lower right", fontsize=8)  # away from the front
         fig.tight_layout()  # final axes box first: label placement works in display coordinates
         if len(front):
             _label_points(fig, ax, xs, ys, [mix_label(row) for _, row in front.iterrows()])
@@ -153,15 +174,15 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def frontier_html(table: pd.DataFrame, path, title: str | None = None) -> Path:
+def frontier_html(table: pd.DataFrame, path, title: str | None = None, objectives=None) -> Path:
     """One self-contained page: SVG scatter + frontier step line, hover a point for its details."""
-    frame = plotted(table)
-    heading = f"{title}: annotation cost vs mIoU" if title else "annotation cost vs mIoU"
+    frame, x, y, x_up = plotted(table, objectives)
+    heading = _heading(title, x, y)
     if frame.empty:
         xt, yt = [0.0, 1.0], [0.0, 1.0]
     else:
-        xt = nice_ticks(0.0, float(frame[COST].max()))
-        yt = nice_ticks(float(frame[SCORE].min()), float(frame[SCORE].max()))
+        xt = nice_ticks(min(0.0, float(frame["x"].min())), float(frame["x"].max()))
+        yt = nice_ticks(float(frame["y"].min()), float(frame["y"].max()))
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
     plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
 
@@ -178,32 +199,36 @@ def frontier_html(table: pd.DataFrame, path, title: str | None = None) -> Path:
     for v in yt:
         parts.append(f'<line x1="{_LEFT}" y1="{sy(v):.1f}" x2="{_LEFT + plot_w}" y2="{sy(v):.1f}" stroke="#eee"/>')
         parts.append(f'<text x="{_LEFT - 6}" y="{sy(v) + 4:.1f}" text-anchor="end" class="tick">{_fmt(v)}</text>')
-    parts.append(f'<text x="{_LEFT + plot_w / 2}" y="{_H - 12}" text-anchor="middle">{X_LABEL}</text>')
-    parts.append(f'<text transform="translate(16 {_TOP + plot_h / 2}) rotate(-90)" text-anchor="middle">{Y_LABEL}</text>')
+    parts.append(f'<text x="{_LEFT + plot_w / 2}" y="{_H - 12}" text-anchor="middle">{html.escape(_label(x))}</text>')
+    parts.append(f'<text transform="translate(16 {_TOP + plot_h / 2}) rotate(-90)" text-anchor="middle">'
+                 f'{html.escape(_label(y))}</text>')
     parts.append(f'<text x="{_W / 2}" y="22" text-anchor="middle" class="title">{html.escape(heading)}</text>')
 
     front = frame[frame["pareto"]]
     if len(front):
-        xs, ys = front[COST].to_numpy(float), front[SCORE].to_numpy(float)
-        points = []
-        for i, (x, y) in enumerate(zip(xs, ys)):
+        xs, ys = front["x"].to_numpy(float), front["y"].to_numpy(float)
+        # a step from the cheap end: horizontal, then vertical (the left end is cheap unless x_up)
+        points = [f"{_LEFT:.1f},{sy(ys[0]):.1f}"] if x_up else []
+        for i, (px, py) in enumerate(zip(xs, ys)):
             if i:
-                points.append(f"{sx(x):.1f},{sy(ys[i - 1]):.1f}")  # horizontal, then up: a step
-            points.append(f"{sx(x):.1f},{sy(y):.1f}")
-        points.append(f"{_LEFT + plot_w:.1f},{sy(ys[-1]):.1f}")
+                corner = sy(py) if x_up else sy(ys[i - 1])
+                points.append(f"{sx(px if not x_up else xs[i - 1]):.1f},{corner:.1f}")
+            points.append(f"{sx(px):.1f},{sy(py):.1f}")
+        if not x_up:
+            points.append(f"{_LEFT + plot_w:.1f},{sy(ys[-1]):.1f}")
         parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#d62728" stroke-width="2"/>')
     for _, row in pd.concat([frame[~frame["pareto"]], front]).iterrows():  # frontier drawn on top
         info = {
             "trial": str(row.get("trial_id", "")),
             "mix": mix_label(row),
-            "hours": f"{float(row[COST]):.2f}",
-            "mIoU": f"{float(row[SCORE]):.3f}",
+            x: f"{float(row['x']):.{2 if x == 'cost/hours' else 3}f}",
+            y: f"{float(row['y']):.3f}",
             "ds_type": str(row.get("config/ds_type", "")) if pd.notna(row.get("config/ds_type")) else "",
             "frontier": "yes" if row["pareto"] else "no",
         }
         cls, r = ("front", 6) if row["pareto"] else ("trial", 4)
         parts.append(
-            f'<circle class="{cls}" cx="{sx(float(row[COST])):.1f}" cy="{sy(float(row[SCORE])):.1f}" r="{r}" '
+            f'<circle class="{cls}" cx="{sx(float(row["x"])):.1f}" cy="{sy(float(row["y"])):.1f}" r="{r}" '
             f"data-info='{html.escape(json.dumps(info), quote=True)}'/>"
         )
     if frame.empty:
@@ -232,7 +257,7 @@ circle:hover {{ stroke: #000; stroke-width: 2; cursor: pointer; }}
 <svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}">
 {svg}
 </svg>
-<p>{count} trials drawn, {front} on the frontier (red). Hover a point for its trial, mix, hours and mIoU.</p>
+<p>{count} trials drawn, {front} on the frontier (red). Hover a point for its trial, mix and objectives.</p>
 <div id="tip"></div>
 <script>
 (function () {{

@@ -3,7 +3,9 @@
 A Tune callback keeps one row per trial (decoded config, last and best metrics, status, node,
 start and end times) and rewrites ``trials.parquet`` and ``frontier.parquet`` atomically each
 time a trial ends, so an interrupted study keeps what it had. On resume the old table is read
-back first: trials that finished before are kept as they were.
+back first: trials that finished before are kept as they were. The Pareto flag and the frontier
+follow the spec's objectives (``labelmix.platform.trial_table``); the MLflow callback logs the
+frontier of :meth:`ResultsTable.frame` rather than keeping a table of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ import pandas as pd
 from ray.tune import Callback
 
 from labelmix.platform.space import case_name, trial_config
-from labelmix.platform.trial_table import COST, FRONTIER_FILE, SCORE, TRIALS_FILE, flatten, frontier_of, with_pareto, write_parquet
+from labelmix.platform.trial_table import (  # noqa: F401  (format_frontier: the CLI imports it from here)
+    FRONTIER_FILE,
+    TRIALS_FILE,
+    as_objectives,
+    flatten,
+    format_frontier,
+    frontier_axes,
+    frontier_rows,
+    with_pareto,
+    write_parquet,
+)
 
 _KEPT_PREFIXES = ("val/", "test/", "cost/", "labels/", "train/loss", "epoch", "status/", "time/", "node/", "gpu/")
 
@@ -42,6 +54,16 @@ class ResultsTable(Callback):
     def setup(self, **info):
         self._load()
 
+    @property
+    def objectives(self) -> tuple[tuple[str, str], ...]:
+        return as_objectives(self.spec.objectives)
+
+    @property
+    def _quality(self) -> tuple[str, str, str]:
+        """(metric, mode, column) of the frontier's quality axis; column: ``best/val/miou`` by default."""
+        metric, mode = frontier_axes(self.objectives)[1]
+        return metric, mode, f"best/{metric}"
+
     def _load(self) -> None:
         path = self.directory / TRIALS_FILE
         if path.is_file():
@@ -62,9 +84,11 @@ class ResultsTable(Callback):
         row = self._row(trial)
         row.update({k: _number(v) for k, v in result.items() if k.startswith(_KEPT_PREFIXES)})
         row["node_ip"] = result.get("node_ip", row.get("node_ip"))
-        score = _number(result.get(SCORE))
-        if score is not None and not math.isnan(score):
-            row["best/val/miou"] = max(score, row.get("best/val/miou") or -math.inf)
+        metric, mode, best = self._quality
+        score, before = _number(result.get(metric)), row.get(best)
+        if isinstance(score, float) and not math.isnan(score):
+            keep = before is not None and not math.isnan(before)
+            row[best] = (max if mode == "max" else min)(score, before) if keep else score
         self._progress(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -107,14 +131,15 @@ class ResultsTable(Callback):
         self._progress(trials, force=True)
 
     def frame(self) -> pd.DataFrame:
-        return with_pareto(pd.DataFrame(list(self.rows.values())))
+        """The trial table with its ``pareto`` column, flagged on the spec's objectives."""
+        return with_pareto(pd.DataFrame(list(self.rows.values())), self.objectives)
 
     def write(self) -> None:
         if not self.rows:
             return
         frame = self.frame()
         write_parquet(frame, self.directory / TRIALS_FILE)
-        write_parquet(frontier_of(frame), self.directory / FRONTIER_FILE)
+        write_parquet(frontier_rows(frame), self.directory / FRONTIER_FILE)
 
     def _progress(self, trials, force: bool = False) -> None:
         now = time.monotonic()
@@ -122,12 +147,13 @@ class ResultsTable(Callback):
             return
         self._last_print = now
         statuses = [t.status for t in trials]
-        frame = self.frame()
-        best = frame["best/val/miou"].max() if "best/val/miou" in frame else float("nan")
+        frame, (metric, mode, column) = self.frame(), self._quality
+        values = frame[column] if column in frame else pd.Series([], dtype=float)
+        best = values.max() if mode == "max" else values.min()
         print(
             f"[{self.spec.name}] running {statuses.count('RUNNING')} | pending {statuses.count('PENDING')} | "
             f"finished {statuses.count('TERMINATED')} | errored {statuses.count('ERROR')} | "
-            f"best val/miou {best:.3f} | frontier {int(frame['pareto'].sum())}",
+            f"best {metric} {best:.3f} | frontier {int(frame['pareto'].sum())}",
             file=self.stream or sys.stdout, flush=True,
         )
 
@@ -139,13 +165,3 @@ def _number(value):
         return float(value)
     return None if value is None else value
 
-
-def format_frontier(frame: pd.DataFrame) -> str:
-    """The frontier as a readable table: hours, mIoU, mix, and the main searched settings."""
-    if frame.empty:
-        return "(no finished trials on the frontier yet)"
-    cols = ["trial_id", COST, SCORE, "cost/reduction", "config/mix.full", "config/mix.box",
-            "config/mix.global", "config/mix.none", "config/ds_type", "config/ds_depth", "config/ema_decay"]
-    cols = [c for c in cols if c in frame]
-    shown = frame[cols].rename(columns=lambda c: c.removeprefix("config/"))
-    return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}")

@@ -335,20 +335,23 @@ def run_study(spec: StudySpec, source_text: str, address: Optional[str] = None, 
     if address:  # a local Ray is one node; an attached cluster may spread trials over many
         check_storage(spec.storage.path, cluster_shape(spec.resources.cpus, spec.resources.gpus))
     callbacks = list(callbacks or [])
+    if not restore and folder.remote:  # a mirror left by an earlier study of this name must not lend it its rows
+        shutil.rmtree(folder.local, ignore_errors=True)
+    folder.local.mkdir(parents=True, exist_ok=True)
+    results = SyncedResultsTable(folder, spec)
     if not restore:
-        if folder.remote:  # a mirror left by an earlier study of this name must not lend it its rows
-            shutil.rmtree(folder.local, ignore_errors=True)
-        folder.local.mkdir(parents=True, exist_ok=True)
         if tracking:
             # Checked before any trial starts: an unreachable server fails the submit at once. On
             # restore Tune brings back the tracking callback it pickled, which reattaches its runs.
-            callbacks.append(study_tracking(spec, source_text, folder.local, tracking_uri, dataset_tags(spec)))
+            # The study run records the spec's objectives; its frontier is the results table's.
+            callbacks.append(study_tracking(spec, source_text, folder.local, tracking_uri, dataset_tags(spec),
+                                            table_of=results.frame))
         (folder.local / SPEC_FILE).write_text(source_text)
         folder.upload(SPEC_FILE)
-    # On restore Tune brings back the callbacks it pickled with the experiment (ResultsTable
-    # reloads its rows from the study folder); the results are read back from that folder.
-    tuner = build_tuner(spec, folder, [SyncedResultsTable(folder, spec), *callbacks], restore=restore,
-                        ship_dataset=bool(address))
+    # On restore Tune brings back the callbacks it pickled with the experiment, in one pickle (the
+    # tracking callback's table_of is still the restored ResultsTable's frame; ResultsTable reloads
+    # its rows from the study folder); the results are read back from that folder.
+    tuner = build_tuner(spec, folder, [results, *callbacks], restore=restore, ship_dataset=bool(address))
     tuner.fit()
     table = read_table(folder.local)
     return StudyResult(folder.local, table, frontier_of(table), folder.location)

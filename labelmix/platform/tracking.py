@@ -4,14 +4,17 @@ Everything runs in the Tune driver (a ``ray.tune.Callback``): workers never talk
 server, so a cluster needs no route from its nodes to MLflow.
 
 - Parent run (``labelmix.role=study``): tags ``labelmix.study``, ``labelmix.spec_hash``,
-  ``labelmix.code_version`` and whatever the caller adds (``labelmix.dataset_fingerprint``); the spec as
-  the artifact ``spec.yaml``.
+  ``labelmix.code_version``, ``labelmix.objectives`` (the spec's objectives as JSON, which ``labelmix
+  frontier`` and ``recommend`` follow) and whatever the caller adds (``labelmix.dataset_fingerprint``);
+  the spec as the artifact ``spec.yaml``.
 - Child run per trial (run name = trial id, tags ``mlflow.parentRunId`` and ``labelmix.trial_id``):
   the decoded trial config as params once, metrics per report with ``step`` = epoch, status at the
   end (FINISHED, or FAILED with the error text in ``labelmix.error``).
 - At the end (:func:`log_frontier`): ``frontier.json`` (a table), ``frontier.png`` and
   ``frontier.html`` on the parent, ``pareto=true|false`` tags on the children, and the last
-  checkpoint folder of each frontier trial as the artifact ``model/`` of its child run.
+  checkpoint folder of each frontier trial as the artifact ``model/`` of its child run. The frontier
+  is the one of the study's trial table (``table_of``: in a study, ``ResultsTable.frame``); without
+  one, a table built from Tune's trials, flagged on ``objectives``.
 
 Resume never duplicates a run: the run ids are kept in ``<study>/mlflow_runs.json`` and, when that
 file is missing or points elsewhere, found again by tag (``labelmix.study`` for the parent,
@@ -47,14 +50,28 @@ import pandas as pd
 from ray.tune import Callback
 
 from labelmix.errors import UserError
-from labelmix.platform.trial_table import COST, flatten, with_pareto
+from labelmix.platform.trial_table import (
+    DEFAULT_OBJECTIVES,
+    RUNS_FILE,
+    TAG_ERROR,
+    TAG_FRONTIER_SIZE,
+    TAG_OBJECTIVES,
+    TAG_PARENT,
+    TAG_PARETO,
+    TAG_ROLE,
+    TAG_STUDY,
+    TAG_TRIAL,
+    as_objectives,
+    flatten,
+    frontier_rows,
+    objectives_json,
+    run_url,
+    with_pareto,
+)
 
 log = logging.getLogger(__name__)
 
-RUNS_FILE = "mlflow_runs.json"
 METRIC_PREFIXES = ("val/", "test/", "cost/", "labels/", "train/", "time/", "epoch")
-TAG_STUDY, TAG_ROLE, TAG_TRIAL = "labelmix.study", "labelmix.role", "labelmix.trial_id"
-TAG_PARENT, TAG_ERROR = "mlflow.parentRunId", "labelmix.error"
 MAX_TAG = 8000  # MLflow's limit on a tag value (MAX_TAG_VAL_LENGTH)
 MAX_PARAM = 6000  # MAX_PARAM_VAL_LENGTH
 BATCH_METRICS = 1000  # MAX_METRICS_PER_BATCH
@@ -204,8 +221,9 @@ def _chunks(items: list, size: int):
 
 def log_frontier(client, parent_run_id: str, table: pd.DataFrame, child_ids: Mapping[str, str],
                  checkpoints: Optional[Mapping[str, str]] = None, title: Optional[str] = None) -> pd.DataFrame:
-    """Log the frontier of ``table`` (the trial table of ``labelmix.platform.results``; a ``pareto``
-    column is computed when missing) to the study's parent run; returns the frontier rows.
+    """Log the frontier of ``table`` (a trial table, see ``labelmix.platform.trial_table``, flagged
+    with its ``pareto`` column; flagged on its own objectives when it has none) to the study's parent
+    run; returns the frontier rows, cheapest first.
 
     - ``frontier.json`` (``client.log_table``), ``frontier.png`` and ``frontier.html`` on the parent;
     - tag ``pareto`` = ``true`` / ``false`` on the child runs in ``child_ids`` (trial id -> run id)
@@ -216,12 +234,7 @@ def log_frontier(client, parent_run_id: str, table: pd.DataFrame, child_ids: Map
     from labelmix.platform import plots
 
     table = table if "pareto" in table else with_pareto(table)
-    table = table.copy()
-    table["pareto"] = table["pareto"].fillna(False).astype(bool)
-    frontier = table[table["pareto"]]
-    if COST in frontier:
-        frontier = frontier.sort_values(COST)
-    frontier = frontier.reset_index(drop=True)
+    frontier = frontier_rows(table)
     with tempfile.TemporaryDirectory(prefix="labelmix-frontier-") as tmp:
         _log_table(client, parent_run_id, _json_safe(frontier), "frontier.json", Path(tmp))
         plots.frontier_png(table, Path(tmp) / "frontier.png", title=title)
@@ -232,8 +245,8 @@ def log_frontier(client, parent_run_id: str, table: pd.DataFrame, child_ids: Map
     in_table = set(table["trial_id"]) if "trial_id" in table else set()
     for trial_id, run_id in child_ids.items():
         if trial_id in in_table:  # a run the table does not know keeps its tag
-            client.set_tag(run_id, "pareto", "true" if trial_id in on_front else "false")
-    client.set_tag(parent_run_id, "labelmix.frontier_size", str(len(frontier)))
+            client.set_tag(run_id, TAG_PARETO, "true" if trial_id in on_front else "false")
+    client.set_tag(parent_run_id, TAG_FRONTIER_SIZE, str(len(frontier)))
     for trial_id in on_front:
         folder = (checkpoints or {}).get(trial_id)
         if trial_id in child_ids and folder and Path(folder).is_dir():
@@ -315,13 +328,22 @@ class MlflowTracking(Callback):
     """Mirror a Tune study into MLflow from the driver (see the module docstring).
 
     ``config_of(trial)`` gives the trial's decoded config (a nested dict; default: ``trial.config``);
-    ``tags`` go on the parent run. ``open()`` creates or finds the parent run; it is called by
-    ``setup`` or the first hook when not called before (call it before Ray starts to fail early).
+    ``tags`` go on the parent run, and so do the ``objectives`` ((metric, mode) pairs or a spec's
+    ``objectives``; default val/miou max, cost/hours min). ``table_of()`` gives the study's trial table
+    with its ``pareto`` flags (in a study: the results table's ``frame``) for the frontier at the end;
+    without it, the table is built from Tune's trials and flagged on the objectives. ``open()`` creates
+    or finds the parent run; it is called by ``setup`` or the first hook when not called before (call
+    it before Ray starts to fail early).
     """
+
+    # Class defaults: a callback that Tune pickled before these attributes existed still restores.
+    objectives = DEFAULT_OBJECTIVES
+    table_of: Optional[Callable[[], pd.DataFrame]] = None
 
     def __init__(self, uri: str, experiment: str, study_name: str, spec_text: str, tags: Mapping[str, str] | None,
                  study_dir: Path, config_of: Optional[Callable[[Any], Mapping[str, Any]]] = None,
-                 flush_s: float = 2.0) -> None:
+                 flush_s: float = 2.0, objectives: Any = None,
+                 table_of: Optional[Callable[[], pd.DataFrame]] = None) -> None:
         self.uri = uri
         self.experiment = experiment
         self.study_name = study_name
@@ -330,10 +352,11 @@ class MlflowTracking(Callback):
         self.study_dir = Path(study_dir)
         self.config_of = config_of
         self.flush_s = flush_s
+        self.objectives = as_objectives(objectives)
+        self.table_of = table_of
         self.experiment_id: Optional[str] = None
         self.parent_id: Optional[str] = None
         self.child_ids: dict[str, str] = {}
-        self.rows: dict[str, dict[str, Any]] = {}  # trial table: trial_id, status, metrics, config/...
         self.checkpoints: dict[str, Any] = {}  # trial id -> latest ray.tune.Checkpoint
         self.hook_seconds = 0.0  # time spent inside the hooks (on Tune's driver loop)
         self._client = None
@@ -347,7 +370,7 @@ class MlflowTracking(Callback):
     # thread and the client (rebuilt lazily after unpickling).
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.update(_client=None, _writer=None, checkpoints={}, _started=set(), rows={})
+        state.update(_client=None, _writer=None, checkpoints={}, _started=set())
         return state
 
     # ---- setup: experiment, parent run, existing children
@@ -369,9 +392,7 @@ class MlflowTracking(Callback):
     @property
     def run_url(self) -> Optional[str]:
         """The study run's page in the MLflow UI (servers only)."""
-        if self.parent_id is None or urlsplit(self.uri).scheme.lower() not in ("http", "https"):
-            return None
-        return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.parent_id}"
+        return None if self.parent_id is None else run_url(self.uri, self.experiment_id, self.parent_id)
 
     def open(self) -> str:
         """Find or create the study's parent run (and its existing children); returns its id."""
@@ -390,6 +411,8 @@ class MlflowTracking(Callback):
             self.parent_id = parent.info.run_id
             if parent.info.status != "RUNNING":
                 client.update_run(self.parent_id, status="RUNNING")
+            if parent.data.tags.get(TAG_OBJECTIVES) != objectives_json(self.objectives):  # a study from before the tag
+                client.set_tag(self.parent_id, TAG_OBJECTIVES, objectives_json(self.objectives))
         children = dict(saved.get("children", {})) if saved.get("parent") == self.parent_id else {}
         children.update(self._search_children())
         self.child_ids.update(children)
@@ -402,7 +425,7 @@ class MlflowTracking(Callback):
 
         tags = {
             TAG_STUDY: self.study_name, TAG_ROLE: "study", "labelmix.spec_hash": spec_hash(self.spec_text),
-            "labelmix.code_version": code_version(), **self.tags,
+            "labelmix.code_version": code_version(), TAG_OBJECTIVES: objectives_json(self.objectives), **self.tags,
         }
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.study_name)
         self.client.log_text(run.info.run_id, self.spec_text, "spec.yaml")
@@ -466,11 +489,8 @@ class MlflowTracking(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         started = time.perf_counter()
         self._ensure_open()
-        row = self._row(trial)
-        row["status"] = "RUNNING"
         self._started.add(trial.trial_id)
-        params = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
-        self._writer.put(("start", trial.trial_id, {k: str(v)[:MAX_PARAM] for k, v in params.items()}))
+        self._writer.put(("start", trial.trial_id, param_values(self._config(trial))))
         self.hook_seconds += time.perf_counter() - started
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -479,7 +499,6 @@ class MlflowTracking(Callback):
         if trial.trial_id not in self._started:
             self.on_trial_start(iteration, trials, trial)  # a result before any start in this session
         values = metric_values(result)
-        self._row(trial).update(values)
         self._writer.put(("metrics", trial.trial_id, values, step_of(result), int(time.time() * 1000)))
         self.hook_seconds += time.perf_counter() - started
 
@@ -487,7 +506,7 @@ class MlflowTracking(Callback):
         self.checkpoints[trial.trial_id] = checkpoint
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial, "TERMINATED", "FINISHED", None)
+        self._end(trial, "FINISHED", None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = None
@@ -496,15 +515,11 @@ class MlflowTracking(Callback):
                 error = Path(trial.error_file).read_text(errors="replace")
         except (AttributeError, OSError):
             pass
-        self._end(trial, "ERROR", "FAILED", (error or "trial failed (no error file)")[-MAX_TAG:])
+        self._end(trial, "FAILED", (error or "trial failed (no error file)")[-MAX_TAG:])
 
-    def _end(self, trial, tune_status: str, status: str, error: Optional[str]) -> None:
+    def _end(self, trial, status: str, error: Optional[str]) -> None:
         started = time.perf_counter()
         self._ensure_open()
-        row = self._row(trial)
-        row["status"] = tune_status
-        if error:
-            row["error"] = error
         self._writer.put(("end", trial.trial_id, status, error))
         self.hook_seconds += time.perf_counter() - started
 
@@ -513,13 +528,8 @@ class MlflowTracking(Callback):
         self.flush()
         if self.disabled:
             return
-        for trial in trials:  # trials finished in an earlier session, restored by Tune
-            row = self._row(trial)
-            if row.get("status") in (None, "PENDING"):
-                row.update(metric_values(getattr(trial, "last_result", None) or {}))
-                row["status"] = trial.status
-        table = self.table()
         try:
+            table = self.table_of() if self.table_of is not None else self.table(trials)
             with tempfile.TemporaryDirectory(prefix="labelmix-models-") as tmp:
                 checkpoints = self._frontier_checkpoints(table, {t.trial_id: t for t in trials}, Path(tmp))
                 log_frontier(self.client, self.parent_id, table, dict(self.child_ids), checkpoints, title=self.study_name)
@@ -546,23 +556,19 @@ class MlflowTracking(Callback):
     def flush(self, timeout_s: Optional[float] = None) -> bool:
         return self._writer.flush(timeout_s) if self._writer is not None else True
 
-    # ---- the table (for the frontier)
-    def _row(self, trial) -> dict[str, Any]:
-        if trial.trial_id not in self.rows:
-            try:
-                config = self.config_of(trial) if self.config_of else dict(trial.config)
-                config = flatten(config, "config/")
-            except Exception as exc:  # the trial fails validation itself; keep its row
-                config = {"config/error": str(exc)[:MAX_PARAM]}
-            self.rows[trial.trial_id] = {"trial_id": trial.trial_id, "status": "PENDING", **config}
-        return self.rows[trial.trial_id]
+    # ---- the trial (for its params; for the frontier when there is no table_of)
+    def _config(self, trial) -> dict[str, Any]:
+        try:
+            return dict(self.config_of(trial) if self.config_of else trial.config)
+        except Exception as exc:  # the trial fails validation itself; its params say why
+            return {"error": str(exc)[:MAX_PARAM]}
 
-    def table(self) -> pd.DataFrame:
-        """The trial table as ``labelmix.platform.results`` has it, with the ``pareto`` column."""
-        frame = pd.DataFrame(list(self.rows.values()))
-        if frame.empty:
-            frame = pd.DataFrame(columns=["trial_id", "status"])
-        return with_pareto(frame)
+    def table(self, trials) -> pd.DataFrame:
+        """The trial table of Tune's trials (status, config, last result; trials restored from an
+        earlier session included), flagged on the objectives."""
+        rows = [{"trial_id": t.trial_id, "status": t.status, **flatten(self._config(t), "config/"),
+                 **metric_values(getattr(t, "last_result", None) or {})} for t in trials]
+        return with_pareto(pd.DataFrame(rows), self.objectives)
 
     def _checkpoint_folder(self, trial_id: str, trial, scratch: Path) -> Optional[str]:
         """A local folder with the trial's last checkpoint (state.pt), copied down when remote."""
@@ -679,15 +685,17 @@ class MlflowTracking(Callback):
 
 
 def study_tracking(spec: Any, source_text: str, directory: Path, cli_uri: Optional[str] = None,
-                   tags: Optional[Mapping[str, str]] = None) -> MlflowTracking:
+                   tags: Optional[Mapping[str, str]] = None,
+                   table_of: Optional[Callable[[], pd.DataFrame]] = None) -> MlflowTracking:
     """The tracking callback of a study, ready before Ray starts: URI resolved (``resolve_tracking_uri``)
-    and checked (``check_reachable``), parent run found or created. Trial params are the decoded trial
-    configs (``labelmix.platform.space.trial_config``)."""
+    and checked (``check_reachable``), parent run found or created with the spec's objectives. Trial
+    params are the decoded trial configs (``labelmix.platform.space.trial_config``); ``table_of``: the
+    study's trial table for the frontier (``ResultsTable.frame``)."""
     uri = resolve_tracking_uri(cli_uri, spec, directory)
     check_reachable(uri)
     uri = use_credentials(uri)
     tracking = MlflowTracking(uri, spec.tracking.experiment or spec.name, spec.name, source_text, tags, directory,
-                              config_of=partial(decoded_config, spec))
+                              config_of=partial(decoded_config, spec), objectives=spec.objectives, table_of=table_of)
     tracking.open()
     print(f"[{spec.name}] MLflow: {tracking.run_url or tracking.shown_uri} (experiment {tracking.experiment!r})", flush=True)
     return tracking

@@ -28,10 +28,10 @@ import torch
 from ray import tune
 
 from labelmix.platform.space import trial_config
+from labelmix.platform.trial_table import OVER_BUDGET
 from labelmix.trainables.config import load_config
 from labelmix.trainables.fit import build_run, train
 
-OVER_BUDGET = "status/over_budget"
 NODE_ID = "node/id"
 GPU_PEAK_MEMORY = "gpu/peak_memory_mb"
 STORE_CACHE_ENV = "LABELMIX_STORE_CACHE"
@@ -116,7 +116,8 @@ def run_trial(sampled: Mapping[str, Any], spec: Any, cpus_per_trial: float = 1.0
     cap = spec.budget.max_hours
     if cap is not None and run.cost_metrics["cost/hours"] > cap:
         # Not trained: NaN objectives make Optuna mark the trial failed-by-design, not a result.
-        tune.report({**run.cost_metrics, OVER_BUDGET: 1.0, "val/miou": math.nan, "epoch": 0.0, NODE_ID: node_id()})
+        objectives = {o.metric: math.nan for o in spec.objectives if not o.metric.startswith("cost/")}
+        tune.report({**run.cost_metrics, OVER_BUDGET: 1.0, "val/miou": math.nan, **objectives, "epoch": 0.0, NODE_ID: node_id()})
         return
     on_gpu = run.device.type == "cuda"
     if on_gpu:  # actors are reused across trials: the peak must be this trial's own

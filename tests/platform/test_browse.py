@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from labelmix.errors import UserError
 from labelmix.platform import browse
 from labelmix.platform.tracking import artifact_location
+from labelmix.platform.trial_table import frontier_rows
 
 # trial id -> (cost/hours, val/miou, MLflow status, mix full/box/global/none)
 CHILDREN = {
@@ -61,7 +62,7 @@ def test_table_and_frontier(study):
     assert set(table["trial_id"]) == set(CHILDREN)
     assert table.set_index("trial_id").loc["c_best", "val/miou"] == 0.70  # the last value, not the first
     assert table.set_index("trial_id").loc["a_cheap", "config/mix.global"] == 0.3  # params parsed back
-    front = browse.frontier(table)
+    front = frontier_rows(table)
     assert list(front["trial_id"]) == ["a_cheap", "c_best"]
     assert list(front["run_id"]) == [ids["a_cheap"], ids["c_best"]]
 
@@ -138,3 +139,30 @@ def test_clear_errors(study, tmp_path, monkeypatch):
 def test_run_url():
     assert browse.run_url("http://127.0.0.1:5000/", "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
     assert browse.run_url("sqlite:///x.db", "3", "abc") is None
+
+
+def test_a_study_read_back_on_its_own_objectives(mlflow_db, capsys):
+    """The study run's labelmix.objectives tag: frontier, pareto tags and recommend follow val/mdice."""
+    client = MlflowClient(mlflow_db)
+    experiment_id = client.create_experiment("dice", artifact_location=artifact_location(mlflow_db))
+    parent_id, ids = add_study(client, experiment_id, "by-dice", {
+        "a_cheap": (1.0, 0.50, "FINISHED", (0.1, 0.0, 0.3, 0.6)),
+        "b_dice": (2.0, 0.45, "FINISHED", (0.2, 0.2, 0.2, 0.4)),  # dominated on mIoU, on the Dice front
+        "c_miou": (4.0, 0.70, "FINISHED", (0.5, 0.5, 0.0, 0.0)),  # on the mIoU front, dominated on Dice
+    })
+    for trial_id, dice in (("a_cheap", 0.60), ("b_dice", 0.72), ("c_miou", 0.68)):
+        client.log_metric(ids[trial_id], "val/mdice", dice, step=2)
+    client.set_tag(parent_id, "labelmix.objectives", json.dumps(
+        [{"metric": "val/mdice", "mode": "max"}, {"metric": "cost/hours", "mode": "min"}]))
+
+    assert list(frontier_rows(browse.trials_table(client, experiment_id, parent_id))["trial_id"]) == ["a_cheap", "c_miou"]
+    assert cli("frontier", "--experiment", "dice", "--tracking-uri", mlflow_db, "--log") == 0
+    out = capsys.readouterr().out
+    assert "3 of 3 trials finished, 2 on the frontier of val/mdice vs cost/hours" in out
+    assert "b_dice" in out and "c_miou" not in out
+    tags = {trial: client.get_run(run_id).data.tags["pareto"] for trial, run_id in ids.items()}
+    assert tags == {"a_cheap": "true", "b_dice": "true", "c_miou": "false"}
+
+    assert cli("recommend", "--experiment", "dice", "--tracking-uri", mlflow_db, "--budget-hours", "5") == 0
+    out = capsys.readouterr().out
+    assert "within 5 annotation hours: b_dice" in out and "val/mdice       0.7200" in out

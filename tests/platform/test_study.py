@@ -1,5 +1,6 @@
 """Integration: real Ray, real files. A 4-trial study runs; a study whose driver is killed resumes."""
 
+import json
 import os
 import signal
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -111,6 +113,46 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert len(parents) == 1
     assert sorted(r.data.tags["labelmix.trial_id"] for r in children) == sorted(table["trial_id"])
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    # the restored tracking callback logged the restored results table's frontier (one pickle, one table)
+    on_front = {r.data.tags["labelmix.trial_id"] for r in children if r.data.tags.get("pareto") == "true"}
+    assert on_front == set(pd.read_parquet(study / "frontier.parquet")["trial_id"]) and on_front
+
+
+def test_a_study_searched_on_dice_has_a_dice_frontier(tmp_path, mlflow_db):
+    """spec.objectives [val/mdice max, cost/hours min]: frontier.parquet, the pareto tags in MLflow and
+    `labelmix recommend` all use val/mdice."""
+    from labelmix.platform.frontier import pareto_mask, recommend
+
+    objectives = [{"metric": "val/mdice", "mode": "max"}, {"metric": "cost/hours", "mode": "min"}]
+    proc = cli("submit", str(write_spec(tmp_path, name="dice", objectives=objectives)), "--tracking-uri", mlflow_db,
+               cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "best val/mdice" in proc.stdout  # the progress line
+    assert any(line.split()[:3] == ["trial_id", "cost/hours", "val/mdice"] for line in proc.stdout.splitlines())
+    study = tmp_path / "studies" / "dice"
+    done = pd.read_parquet(study / "trials.parquet").query("status == 'TERMINATED'").reset_index(drop=True)
+    assert len(done) == 4
+    hours, dice = done["cost/hours"].to_numpy(float), done["val/mdice"].to_numpy(float)
+    expected = set(done["trial_id"][pareto_mask(hours, dice)])
+    frontier = pd.read_parquet(study / "frontier.parquet")
+    assert set(frontier["trial_id"]) == expected
+    assert list(frontier["cost/hours"]) == sorted(frontier["cost/hours"])  # cheapest first
+    assert frontier.attrs["objectives"] == [["val/mdice", "max"], ["cost/hours", "min"]]
+
+    client = MlflowClient(mlflow_db)
+    runs = client.search_runs([client.get_experiment_by_name("dice").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("labelmix.role") == "study"]
+    assert json.loads(parent.data.tags["labelmix.objectives"]) == objectives
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {r.data.tags["labelmix.trial_id"] for r in children if r.data.tags["pareto"] == "true"} == expected
+
+    budget = float(np.median(hours))
+    best = done["trial_id"][recommend(hours, dice, budget)]
+    proc = cli("recommend", "--study-dir", str(study), "--budget-hours", str(budget), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"annotation hours: {best}" in proc.stdout and "val/mdice" in proc.stdout
+    proc = cli("frontier", "--study-dir", str(study), "--format", "json", cwd=tmp_path, timeout=300)
+    assert {r["trial_id"] for r in json.loads(proc.stdout)} == expected
 
 
 def test_invalid_spec_exits_2_without_starting_ray(tmp_path):

@@ -12,7 +12,8 @@ from ray.tune import Checkpoint
 from ray.tune.experiment import Trial
 
 from labelmix.errors import UserError
-from labelmix.platform.tracking import RUNS_FILE, MlflowTracking, check_reachable, metric_values, resolve_tracking_uri
+from labelmix.platform.tracking import MlflowTracking, check_reachable, metric_values, resolve_tracking_uri
+from labelmix.platform.trial_table import RUNS_FILE
 
 # trial id -> (mix, ds_type, cost/hours, val/miou at epochs 1 and 2, outcome)
 TRIALS = {
@@ -62,6 +63,7 @@ def drive(callback, trials, root, epochs=(1, 2), all_trials=None):
             result = {"epoch": float(epoch), "val/miou": mious[epoch - 1], "cost/hours": hours, "train/loss": 1.0 / epoch,
                       "time/epoch_s": 0.5, "training_iteration": epoch, "node_ip": "10.0.0.1", "done": False,
                       "val/iou/IRF": math.inf, "config": {"x": 1}}
+            trial.update_last_result(result)  # as Tune does before it calls the callbacks
             callback.on_trial_result(0, trials, trial, result)
     for trial in trials:
         if TRIALS[trial.trial_id][4] == "error":
