@@ -69,13 +69,17 @@ class Criterion:
                 [lv[full] for lv in levels], batch.masks[full], self.ds_weights
             )
         if weak.any():
-            box_mask = losses.box_masks(batch.boxes, main.shape[1], *main.shape[-2:], device=main.device)
-            allowed = allowed_classes(batch.types, batch.global_labels, box_mask)  # B x C x H x W
-            terms |= self._weak_terms(main, levels, batch, allowed, box_mask)
+            allowed = None  # unlabeled images only: every class is allowed everywhere
+            if ((batch.types == BOX) | (batch.types == GLOBAL)).any():
+                box_mask = losses.box_masks(batch.boxes, main.shape[1], *main.shape[-2:], device=main.device)
+                allowed = allowed_classes(batch.types, batch.global_labels, box_mask)  # B x C x H x W
+                terms |= self._weak_terms(main, levels, batch, allowed, box_mask)
             if pseudo_weight > 0:
                 with torch.no_grad():
                     teacher_main, _ = teacher(batch.images[weak])
-                    pseudo = constrained_pseudo_labels(teacher_main, allowed[weak], self.pseudo_threshold)
+                    pseudo = constrained_pseudo_labels(
+                        teacher_main, None if allowed is None else allowed[weak], self.pseudo_threshold
+                    )
                 terms["pseudo"] = pseudo_weight * (
                     losses.cross_entropy(main[weak], pseudo, self.pseudo_class_weights)
                     + (self.ds([lv[weak] for lv in levels], pseudo, self.ds_weights) if self.pseudo_ds else 0.0)

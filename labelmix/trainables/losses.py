@@ -77,7 +77,7 @@ def cross_entropy(logits: Tensor, mask: Tensor, weight: Tensor | None = None) ->
 NEGATIVE_RULES = ("all_labelled", "any_labelled")
 
 
-def _multilabel_level(logits: Tensor, onehot: Tensor, valid: Tensor, negative_rule: str) -> Tensor:
+def _multilabel_level(logits: Tensor, onehot: Tensor, valid: Tensor | None, negative_rule: str) -> Tensor:
     """Mean sigmoid BCE over the (cell, class) entries whose target is known.
 
     A cell is positive for a class with a labelled pixel of it in its window. ``negative_rule``
@@ -87,6 +87,8 @@ def _multilabel_level(logits: Tensor, onehot: Tensor, valid: Tensor, negative_ru
     """
     size = _size(logits)
     target = F.adaptive_max_pool2d(onehot, size)  # B x C x h x w
+    if valid is None:  # every pixel labelled: every entry is known under either rule
+        return F.binary_cross_entropy_with_logits(logits, target)
     if negative_rule == "all_labelled":
         known = -F.adaptive_max_pool2d(-valid, size)  # B x 1 x h x w: min-pool, 1 where fully labelled
     else:
@@ -109,7 +111,8 @@ def multilabel_ds_loss(
     if not level_logits:
         return loss
     onehot = _one_hot(mask, level_logits[0].shape[1])  # computed once for all levels
-    valid = (mask != IGNORE)[:, None].float()  # B x 1 x H x W
+    labelled = mask != IGNORE
+    valid = None if bool(labelled.all()) else labelled[:, None].float()  # B x 1 x H x W, None: all labelled
     for logits, w in zip(level_logits, weights):
         loss = loss + w * _multilabel_level(logits.float(), onehot, valid, negative_rule)
     return loss

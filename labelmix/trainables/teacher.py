@@ -56,13 +56,15 @@ def allowed_classes(types: Tensor, global_labels: Tensor, box_mask: Tensor) -> T
     return allowed
 
 
-def constrained_pseudo_labels(teacher_logits: Tensor, allowed: Tensor, threshold: float = 0.0) -> Tensor:
+def constrained_pseudo_labels(teacher_logits: Tensor, allowed: Tensor | None, threshold: float = 0.0) -> Tensor:
     """Hard pseudo-label B x H x W int64 from teacher logits restricted to the allowed classes.
 
     Disallowed classes get -inf before the softmax (so the probabilities renormalise over the
-    allowed ones); pixels whose top probability is below ``threshold`` become IGNORE.
+    allowed ones; ``allowed`` None: every class everywhere); pixels whose top probability is below
+    ``threshold`` become IGNORE.
     """
-    probs = teacher_logits.float().masked_fill(~allowed, float("-inf")).softmax(dim=1)
+    logits = teacher_logits.float()
+    probs = (logits if allowed is None else logits.masked_fill(~allowed, float("-inf"))).softmax(dim=1)
     top, label = probs.max(dim=1)
     if threshold > 0:
         label = label.masked_fill(top < threshold, IGNORE)
