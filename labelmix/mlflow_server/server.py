@@ -289,18 +289,31 @@ def stop(state_dir: Path | str = ServerSettings.state_dir, timeout_s: float = 20
     return was_running
 
 
-def check_health(uri: str, timeout_s: float = 2) -> bool:
-    """True when ``GET <uri>/health`` answers 200 within ``timeout_s``."""
-    url = uri.rstrip("/") + "/health"
+def probe_health(uri: str, timeout_s: float = 2, user: str | None = None, password: str | None = None) -> str | None:
+    """None when ``GET <uri>/health`` answers 200 within ``timeout_s``, else why not (one line).
+
+    ``user`` and ``password`` go in a basic-auth header; loopback addresses bypass any HTTP(S)_PROXY.
+    The one health check: ``check_health`` and the tracking callback's pre-flight check use it."""
+    import base64
+
     handlers = []
     if is_loopback(urlsplit(uri).hostname or ""):
         handlers.append(urllib.request.ProxyHandler({}))  # an HTTP(S)_PROXY must not see loopback
-    opener = urllib.request.build_opener(*handlers)
+    request = urllib.request.Request(uri.rstrip("/") + "/health")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     try:
-        with opener.open(url, timeout=timeout_s) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+        with urllib.request.build_opener(*handlers).open(request, timeout=timeout_s) as response:
+            return None if response.status == 200 else f"GET /health answered {response.status}"
+    except urllib.error.HTTPError as e:
+        return f"GET /health answered {e.code}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return str(getattr(e, "reason", None) or e)
+
+
+def check_health(uri: str, timeout_s: float = 2) -> bool:
+    """True when ``GET <uri>/health`` answers 200 within ``timeout_s``."""
+    return probe_health(uri, timeout_s) is None
 
 
 def mask_password(text: str) -> str:

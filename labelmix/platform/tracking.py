@@ -28,7 +28,6 @@ before ``on_experiment_end`` returns.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -38,8 +37,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -101,28 +98,15 @@ def check_reachable(uri: str, timeout_s: float = 5.0, hint: str = UNREACHABLE_HI
     Credentials in the URI (``http://user:secret@host/``), else MLFLOW_TRACKING_USERNAME and
     MLFLOW_TRACKING_PASSWORD, go in a basic-auth header; the message shows the URI redacted."""
     from labelmix.mlflow_server import mask_password, split_credentials
+    from labelmix.mlflow_server.server import probe_health
 
     if urlsplit(uri).scheme.lower() not in ("http", "https"):
         return
     clean, user, password = split_credentials(uri)
-    user = user or os.environ.get("MLFLOW_TRACKING_USERNAME")
-    password = password or os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    handlers = []
-    if _is_loopback(urlsplit(clean).hostname or ""):
-        handlers.append(urllib.request.ProxyHandler({}))  # an HTTP(S)_PROXY must not see loopback
-    request = urllib.request.Request(clean.rstrip("/") + "/health")
-    if user and password:
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.build_opener(*handlers).open(request, timeout=timeout_s) as response:
-            if response.status == 200:
-                return
-            reason = f"GET /health answered {response.status}"
-    except urllib.error.HTTPError as e:
-        reason = f"GET /health answered {e.code}"
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = str(getattr(e, "reason", None) or e)
+    reason = probe_health(clean, timeout_s, user or os.environ.get("MLFLOW_TRACKING_USERNAME"),
+                          password or os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+    if reason is None:
+        return
     shown = mask_password(uri)
     raise UserError(f"tracking server {shown} is not reachable ({mask_password(reason)}); {hint}")
 
@@ -717,9 +701,3 @@ def search_all(client, experiment_ids: list[str], filter_string: str, order_by: 
         token = page.token
         if not token:
             return runs
-
-
-def _is_loopback(host: str) -> bool:
-    from labelmix.mlflow_server import is_loopback
-
-    return is_loopback(host)

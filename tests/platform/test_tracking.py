@@ -142,7 +142,6 @@ def test_study_logged_once_and_resumed_without_duplicates(mlflow_db, tmp_path):
     trials = stub_trials()
     callback = make_callback(mlflow_db, tmp_path / "study")
     drive(callback, trials, tmp_path)
-    assert callback.hook_seconds < 0.5  # the hooks only queue; the writer thread talks to MLflow
     parent, children = check_study(client, tmp_path)
 
     # Resume with the runs file, as Tune does it: finished trials come back restored (status and last
