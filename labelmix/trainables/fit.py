@@ -95,6 +95,8 @@ def build_run(config: TrainConfig) -> Run:
 
     if config.precision == "fp16" and device.type != "cuda":
         raise UserError("precision: fp16 needs a CUDA device; use bf16 on the CPU")
+    if config.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("precision: this GPU has no bf16; use fp16 (with a gradient scaler) or fp32")
     train = to_tensors(train_store)
     student = build_model(
         config.encoder, store.num_classes, in_chans=1, ds_depth=config.ds_depth,
