@@ -52,7 +52,7 @@ def test_four_trial_study_completes(tmp_path, mlflow_server):
     frontier = pd.read_parquet(study / "frontier.parquet")
     assert len(frontier) >= 1 and frontier["pareto"].all()
     assert (study / "spec.yaml").is_file()
-    assert "Frontier (annotation hours vs val/miou)" in proc.stdout
+    assert "Frontier (val/miou vs cost/hours)" in proc.stdout
     assert "frontier" in proc.stdout and "finished" in proc.stdout  # the progress line
 
     # MLflow on a real server: one parent, exactly 4 children linked to it with per-epoch
