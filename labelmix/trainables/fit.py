@@ -54,6 +54,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     criterion: Criterion  # every loss term, resolved once from the config
+    precision: str  # the autocast precision in use (resolve_precision)
     scaler: torch.amp.GradScaler  # enabled for fp16 only
     steps_per_epoch: int
     rng: np.random.Generator
@@ -93,10 +94,7 @@ def build_run(config: TrainConfig) -> Run:
     store = load_store(resolve_store(config))
     train_store, types, cost = plan_annotations(config, store)
 
-    if config.precision == "fp16" and device.type != "cuda":
-        raise UserError("precision: fp16 needs a CUDA device; use bf16 on the CPU")
-    if config.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("precision: this GPU has no bf16; use fp16 (with a gradient scaler) or fp32")
+    precision = resolve_precision(config, device)
     train = to_tensors(train_store)
     student = build_model(
         config.encoder, store.num_classes, in_chans=1, ds_depth=config.ds_depth,
@@ -125,7 +123,8 @@ def build_run(config: TrainConfig) -> Run:
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, config.epochs * steps)),
         criterion=criterion,
-        scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"),
+        precision=precision,
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
         steps_per_epoch=steps,
         rng=np.random.default_rng(config.seed),
         augmenter=BatchAugmenter() if config.augment else None,
@@ -177,9 +176,9 @@ def loss_terms(run: Run, batch, pseudo_weight: float) -> dict[str, torch.Tensor]
 
 def autocast(run: Run):
     """The run's mixed-precision context (a no-op at fp32)."""
-    if run.config.precision == "fp32":
+    if run.precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if run.config.precision == "bf16" else torch.float16
+    dtype = torch.bfloat16 if run.precision == "bf16" else torch.float16
     return torch.autocast(run.device.type, dtype=dtype)
 
 
@@ -270,6 +269,18 @@ def resolve_store(config: TrainConfig) -> Path:
     from labelmix.trainables.data.synth_store import synthetic_store
 
     return synthetic_store(config.dataset.synthetic, Path(config.cache_dir))
+
+
+def resolve_precision(config: TrainConfig, device: torch.device) -> str:
+    """The precision a run uses: the config's, except that the default bf16 falls back to fp32 on a
+    GPU without bf16 (an explicit bf16 there, or fp16 off CUDA, is refused)."""
+    if config.precision == "fp16" and device.type != "cuda":
+        raise UserError("precision: fp16 needs a CUDA device; use bf16 on the CPU")
+    if config.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if "precision" not in config.model_fields_set:
+            return "fp32"
+        raise UserError("precision: this GPU has no bf16; use fp16 (with a gradient scaler) or fp32")
+    return config.precision
 
 
 def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:

@@ -209,3 +209,12 @@ def test_bf16_channels_last_trains_with_finite_losses(tmp_path):
 def test_fp16_on_cpu_is_refused_with_the_field_named(tmp_path):
     with pytest.raises(UserError, match="precision: fp16 needs a CUDA device"):
         fit(tiny(tmp_path, precision="fp16", device="cpu"), lambda m, c: None)
+
+
+def test_default_bf16_falls_back_to_fp32_on_a_gpu_without_bf16(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    cuda = torch.device("cuda")
+    assert fit_module.resolve_precision(tiny(tmp_path), cuda) == "fp32"  # the default: falls back
+    with pytest.raises(UserError, match="precision: this GPU has no bf16"):
+        fit_module.resolve_precision(tiny(tmp_path, precision="bf16"), cuda)  # asked for: refused
+    assert fit_module.resolve_precision(tiny(tmp_path), torch.device("cpu")) == "bf16"
