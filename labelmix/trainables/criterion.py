@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from labelmix.errors import UserError
 from labelmix.trainables import losses, weak_losses
 from labelmix.trainables.batches import Batch, strong_view
 from labelmix.trainables.config import TrainConfig
@@ -143,8 +144,6 @@ def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: t
     """The run's loss: every choice of the config resolved once."""
     level_weights = tuple(config.ds_level_weights or (1.0,) * depth)
     if len(level_weights) != depth:
-        from labelmix.errors import UserError
-
         raise UserError(f"ds_level_weights: {len(level_weights)} weights for {depth} supervised levels")
     ds = partial(_ds_of_kind, config.ds_type, config.ds_negative_rule)
     return Criterion(
