@@ -208,10 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from labelmix.mlflow_server.commands import register as register_server
     from labelmix.platform.browse import register as register_browse
+    from labelmix.platform.report import register as register_report
 
     register_platform(sub)
     register_server(sub)
     register_browse(sub)
+    register_report(sub)
     return parser
 
 

@@ -174,15 +174,21 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def frontier_html(table: pd.DataFrame, path, title: str | None = None, objectives=None) -> Path:
-    """One self-contained page: SVG scatter + frontier step line, hover a point for its details."""
+def frontier_svg(table: pd.DataFrame, title: str | None = None, objectives=None,
+                 reference: tuple[str, float] | None = None, within: float = 0.05) -> str:
+    """The frontier as one ``<svg>`` element: every drawable trial a circle (``data-info``: its trial,
+    mix and objectives, for :data:`TIP_SCRIPT`), the frontier a red step line. ``reference`` (label,
+    quality): a dashed horizontal line at that quality and a band ``within`` of it on the worse side."""
     frame, x, y, x_up = plotted(table, objectives)
+    y_up = frontier_axes(table_objectives(table) if objectives is None else objectives)[1][1] == "max"
     heading = _heading(title, x, y)
+    near = None if reference is None else reference[1] - within if y_up else reference[1] + within
+    extra = [] if reference is None else [reference[1], near]  # the y axis covers the reference and its band
     if frame.empty:
-        xt, yt = [0.0, 1.0], [0.0, 1.0]
+        xt, yt = [0.0, 1.0], nice_ticks(min([0.0, *extra]), max([1.0, *extra])) if extra else [0.0, 1.0]
     else:
         xt = nice_ticks(min(0.0, float(frame["x"].min())), float(frame["x"].max()))
-        yt = nice_ticks(float(frame["y"].min()), float(frame["y"].max()))
+        yt = nice_ticks(min([float(frame["y"].min()), *extra]), max([float(frame["y"].max()), *extra]))
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
     plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
 
@@ -203,6 +209,17 @@ def frontier_html(table: pd.DataFrame, path, title: str | None = None, objective
     parts.append(f'<text transform="translate(16 {_TOP + plot_h / 2}) rotate(-90)" text-anchor="middle">'
                  f'{html.escape(_label(y))}</text>')
     parts.append(f'<text x="{_W / 2}" y="22" text-anchor="middle" class="title">{html.escape(heading)}</text>')
+    if reference is not None:
+        label, value = reference
+        top, bottom = sorted((sy(value), sy(near)))
+        parts.append(f'<rect class="within" x="{_LEFT}" y="{top:.1f}" width="{plot_w}" height="{bottom - top:.1f}" '
+                     f'fill="#1f77b4" fill-opacity="0.08"/>')
+        parts.append(f'<line class="reference" x1="{_LEFT}" y1="{sy(value):.1f}" x2="{_LEFT + plot_w}" '
+                     f'y2="{sy(value):.1f}" stroke="#1f77b4" stroke-width="1.5" stroke-dasharray="6 4"/>')
+        parts.append(f'<text x="{_LEFT + 6}" y="{sy(value) - 5:.1f}" fill="#1f77b4" class="tick">'
+                     f'{html.escape(label)} {value:.3f}</text>')
+        parts.append(f'<text x="{_LEFT + 6}" y="{sy(near) + (12 if y_up else -5):.1f}" fill="#1f77b4" class="tick">'
+                     f'within {within:g} of the reference</text>')
 
     front = frame[frame["pareto"]]
     if len(front):
@@ -233,47 +250,56 @@ def frontier_html(table: pd.DataFrame, path, title: str | None = None, objective
         )
     if frame.empty:
         parts.append(f'<text x="{_W / 2}" y="{_H / 2}" text-anchor="middle" fill="#777">no finished trials with a cost and a score yet</text>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}">\n'
+            + "\n".join(parts) + "\n</svg>")
 
+
+def frontier_html(table: pd.DataFrame, path, title: str | None = None, objectives=None) -> Path:
+    """One self-contained page: SVG scatter + frontier step line, hover a point for its details."""
+    frame, x, y, _ = plotted(table, objectives)
     page = _PAGE.format(
-        title=html.escape(heading), width=_W, height=_H, svg="\n".join(parts),
-        count=len(frame), front=len(front),
+        title=html.escape(_heading(title, x, y)), style=SVG_STYLE, script=TIP_SCRIPT,
+        svg=frontier_svg(table, title, objectives), count=len(frame), front=int(frame["pareto"].sum()),
     )
     path = Path(path)
     path.write_text(page, encoding="utf-8")
     return path
 
 
+# The page's style and hover script as plain text, for pages that embed frontier_svg (report.py).
+SVG_STYLE = """svg text { font-size: 13px; } svg text.tick { font-size: 11px; fill: #555; } svg text.title { font-size: 15px; font-weight: bold; }
+circle.trial { fill: #aaa; fill-opacity: 0.8; } circle.front { fill: #d62728; stroke: #000; stroke-width: 0.7; }
+circle:hover { stroke: #000; stroke-width: 2; cursor: pointer; }
+#tip { position: absolute; display: none; background: #fffff0; border: 1px solid #888; padding: 6px 8px;
+        font-size: 12px; pointer-events: none; white-space: nowrap; box-shadow: 2px 2px 4px #ccc; }"""
+
+TIP_SCRIPT = """<div id="tip"></div>
+<script>
+(function () {
+  var tip = document.getElementById("tip");
+  document.querySelectorAll("circle[data-info]").forEach(function (c) {
+    c.addEventListener("mousemove", function (e) {
+      var d = JSON.parse(c.getAttribute("data-info")), lines = [];
+      for (var k in d) { lines.push("<b>" + k + "</b> " + String(d[k]).replace(/[&<>]/g, function (s) {
+        return {"&": "&amp;", "<": "&lt;", ">": "&gt;"}[s]; })); }
+      tip.innerHTML = lines.join("<br>");
+      tip.style.left = (e.pageX + 12) + "px"; tip.style.top = (e.pageY + 12) + "px"; tip.style.display = "block";
+    });
+    c.addEventListener("mouseleave", function () { tip.style.display = "none"; });
+  });
+})();
+</script>"""
+
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
 body {{ font-family: sans-serif; margin: 16px; color: #222; }}
-svg text {{ font-size: 13px; }} svg text.tick {{ font-size: 11px; fill: #555; }} svg text.title {{ font-size: 15px; font-weight: bold; }}
-circle.trial {{ fill: #aaa; fill-opacity: 0.8; }} circle.front {{ fill: #d62728; stroke: #000; stroke-width: 0.7; }}
-circle:hover {{ stroke: #000; stroke-width: 2; cursor: pointer; }}
-#tip {{ position: absolute; display: none; background: #fffff0; border: 1px solid #888; padding: 6px 8px;
-        font-size: 12px; pointer-events: none; white-space: nowrap; box-shadow: 2px 2px 4px #ccc; }}
+{style}
 </style></head>
 <body>
-<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}">
 {svg}
-</svg>
 <p>{count} trials drawn, {front} on the frontier (red). Hover a point for its trial, mix and objectives.</p>
-<div id="tip"></div>
-<script>
-(function () {{
-  var tip = document.getElementById("tip");
-  document.querySelectorAll("circle[data-info]").forEach(function (c) {{
-    c.addEventListener("mousemove", function (e) {{
-      var d = JSON.parse(c.getAttribute("data-info")), lines = [];
-      for (var k in d) {{ lines.push("<b>" + k + "</b> " + String(d[k]).replace(/[&<>]/g, function (s) {{
-        return {{"&": "&amp;", "<": "&lt;", ">": "&gt;"}}[s]; }})); }}
-      tip.innerHTML = lines.join("<br>");
-      tip.style.left = (e.pageX + 12) + "px"; tip.style.top = (e.pageY + 12) + "px"; tip.style.display = "block";
-    }});
-    c.addEventListener("mouseleave", function () {{ tip.style.display = "none"; }});
-  }});
-}})();
-</script>
+{script}
 </body></html>
 """
 
