@@ -54,12 +54,15 @@ def _print_result(result) -> int:
 
     table = result.table
     done = int((table["status"] == "TERMINATED").sum()) if len(table) else 0
-    from labelmix.platform.trial_table import as_objectives
+    from labelmix.platform.trial_table import as_objectives, describe_reference
 
     axes = " vs ".join(metric for metric, _ in as_objectives(getattr(table, "attrs", {}).get("objectives")))
     print(f"\n{done} of {len(table)} trials finished. Frontier ({axes}):")
     print(format_frontier(result.frontier))
+    for line in describe_reference(table):
+        print(line)
     print(f"\nstudy folder: {result.location} (spec.yaml, trials.parquet, frontier.parquet)")
+    _print_browsing(result.study_dir)
     failed = table[table["status"] == "ERROR"] if len(table) else table
     if len(failed):
         print(f"\n{len(failed)} of {len(table)} trials failed (the whole error: error.txt in each trial's folder):",
@@ -70,6 +73,33 @@ def _print_result(result) -> int:
         print(f"labelmix: no trial finished ({len(table)} trials); the study failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_browsing(study_dir) -> None:
+    """The report (written now, and logged to the study's MLflow run) and the MLflow links."""
+    from labelmix.platform.report import log_report, write_report
+    from labelmix.platform.tracking import browse_command, study_links
+
+    try:
+        report = write_report(study_dir)
+    except (OSError, UserError) as exc:  # the study's results are safe in its folder; the page is extra
+        print(f"report: not written ({exc}); `labelmix report {study_dir}` retries", file=sys.stderr)
+        return
+    try:
+        log_report(study_dir, report)
+    except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not turn a finished study into a failure
+        print(f"report: not logged to MLflow ({type(exc).__name__}: {exc})", file=sys.stderr)
+    print(f"report: {report} (open it in a browser)")
+    links = study_links(study_dir)
+    command = browse_command(study_dir) if not links else None
+    if command:
+        port = 5000
+        print(f"MLflow: serve the study's runs with\n  {command}\nthen open")
+        links = study_links(study_dir, server=f"http://127.0.0.1:{port}")
+    elif links:
+        print("MLflow:")
+    for name, url in links.items():
+        print(f"  {name + ':':<15}{url}")
 
 
 def _last_error_line(row) -> str:
@@ -152,6 +182,7 @@ def cmd_submit(args) -> int:
     check_storage(spec.storage.path, "--storage" if args.storage else f"{args.spec}: storage.path")
     spec = _unique_name(spec, args.smoke)
     text = yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False)
+    _quiet(args)
     result = run_study(spec, text, address=args.address, tracking_uri=args.tracking_uri or spec_uri)
     return _print_result(result)
 
@@ -166,8 +197,16 @@ def cmd_resume(args) -> int:
         return 0
     from labelmix.platform.study import resume_study
 
+    _quiet(args)
     result = resume_study(args.study_dir, address=args.address)
     return _print_result(result)
+
+
+def _quiet(args) -> None:
+    if not getattr(args, "verbose", False):
+        from labelmix.platform.progress import quiet_others
+
+        quiet_others()
 
 
 def _jobs_address(address: str | None) -> str:
@@ -237,11 +276,13 @@ def register(sub) -> None:
                    help="override storage.path of the spec (study folders go under it; a folder, s3://... or gs://...)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: the spec's tracking.uri, else $MLFLOW_TRACKING_URI, else SQLite in the study folder)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's, Tune's, MLflow's and Optuna's own log lines")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("resume", help="continue an interrupted study; finished trials are not rerun")
     p.add_argument("study_dir", help="the study folder: a path, or s3://.../NAME")
     p.add_argument("--address", default=None, help=address_help)
+    p.add_argument("--verbose", action="store_true", help="show Ray's, Tune's, MLflow's and Optuna's own log lines")
     p.set_defaults(func=cmd_resume)
 
     jobs_help = "the Ray Jobs API of the cluster (default $RAY_ADDRESS, else http://127.0.0.1:8265: the SSH tunnel)"

@@ -25,6 +25,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from labelmix.errors import UserError
 from labelmix.platform.frontier import crowding_distance, nondominated_ranks
+from labelmix.platform.space import is_reference
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -166,8 +167,8 @@ class ParetoASHA(FIFOScheduler):
     def on_trial_result(
         self, tune_controller: "TuneController", trial: "Trial", result: dict
     ) -> str:
-        if not self._has_reported_metrics(result):
-            return TrialScheduler.CONTINUE
+        if not self._has_reported_metrics(result) or is_reference(trial.config):
+            return TrialScheduler.CONTINUE  # the study's reference trial trains to the end
         progress = self._progress(trial, result)
         vector = self._objective_vector(trial, result)
         if progress >= self._max_t:

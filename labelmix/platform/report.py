@@ -35,12 +35,15 @@ from labelmix.errors import UserError
 from labelmix.platform.trial_table import (
     COST,
     MIX_COLUMNS,
+    REFERENCE,
     RUNS_FILE,
     SCORE,
+    TOLERANCE,
     TRIALS_FILE,
     counted,
     frontier_axes,
     read_table,
+    reference_rows,
     table_objectives,
     with_pareto,
 )
@@ -49,8 +52,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 REPORT_FILE = "report.html"
-REFERENCE = "reference"  # boolean column: the full-mask reference trial(s), outside the searched frontier
-WITHIN = 0.05  # the band around the reference: "within 0.05 of the full-mask quality"
+WITHIN = TOLERANCE  # the band around the reference: "within 0.05 of the full-mask quality"
 TRIAL_FOLDER = re.compile(r"^run_trial_([0-9a-f]{8})(?:_|$)")  # Tune's <trainable>_<trial id>_... folders
 CATEGORIES = 8  # a numeric setting with at most this many values is shown as a mean per value
 WEAK = {"box": "#ff7f0e", "global": "#2ca02c", "none": "#9467bd", "full only": "#1f77b4"}
@@ -59,27 +61,6 @@ W, H, LEFT, RIGHT, TOP, BOTTOM = 620, 360, 60, 130, 34, 48  # small plots: the l
 
 
 # --- the study's data ------------------------------------------------------------------------------
-
-
-def reference_rows(table: pd.DataFrame):
-    """Boolean array: the rows marked ``reference`` (all False without the column)."""
-    import numpy as np
-
-    if REFERENCE not in table:
-        return np.zeros(len(table), bool)
-    return table[REFERENCE].astype("boolean").fillna(False).to_numpy(bool)
-
-
-def flag_searched(table: pd.DataFrame, objectives=None) -> pd.DataFrame:
-    """The table with ``pareto`` flagged among the searched (non-reference) rows only."""
-    objectives = table_objectives(table) if objectives is None else objectives
-    ref = reference_rows(table)
-    flagged = with_pareto(table, objectives)
-    if ref.any():
-        flagged["pareto"] = False
-        if (~ref).any():
-            flagged.loc[~ref, "pareto"] = with_pareto(table[~ref], objectives)["pareto"].to_numpy(bool)
-    return flagged
 
 
 def quality(table: pd.DataFrame, objectives=None):
@@ -309,7 +290,7 @@ def report_html(table: pd.DataFrame, curves: dict[str, list[tuple[float, float]]
     from labelmix.platform.plots import SVG_STYLE, TIP_SCRIPT, frontier_svg
 
     objectives = table_objectives(table)
-    flagged = flag_searched(table, objectives)
+    flagged = with_pareto(table, objectives)  # the reference is never on the front
     ref = reference_rows(flagged)
     reference = reference_line(flagged, objectives)
     front = set(flagged.loc[flagged["pareto"].to_numpy(bool), "trial_id"].astype(str)) if "trial_id" in flagged else set()

@@ -1,4 +1,4 @@
-"""Driver-side record of a study: the trial table, the frontier, and the progress line.
+"""Driver-side record of a study: the trial table and the frontier (the progress bar: progress.py).
 
 A Tune callback keeps one row per trial (decoded config, last and best metrics, status, node,
 start and end times) and rewrites ``trials.parquet`` and ``frontier.parquet`` atomically each
@@ -11,7 +11,6 @@ frontier of :meth:`ResultsTable.frame` rather than keeping a table of its own.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,10 @@ import numpy as np
 import pandas as pd
 from ray.tune import Callback
 
-from labelmix.platform.space import case_name, trial_config
+from labelmix.platform.space import case_name, is_reference, trial_config
 from labelmix.platform.trial_table import (  # noqa: F401  (format_frontier: the CLI imports it from here)
     FRONTIER_FILE,
+    REFERENCE,
     TRIALS_FILE,
     as_objectives,
     flatten,
@@ -37,19 +37,16 @@ _KEPT_PREFIXES = ("val/", "test/", "cost/", "labels/", "train/loss", "epoch", "s
 
 
 class ResultsTable(Callback):
-    def __init__(self, directory: Path, spec: Any, stream=None, min_interval_s: float = 5.0) -> None:
+    def __init__(self, directory: Path, spec: Any) -> None:
         self.directory = Path(directory)
         self.spec = spec
         self.rows: dict[str, dict[str, Any]] = {}
-        self.stream = stream
-        self.min_interval_s = min_interval_s
-        self._last_print = 0.0
         self._load()
 
     # Tune pickles the callbacks with the experiment and, on restore, uses that copy: the rows are
     # left out of the pickle and read back from the study folder when the experiment starts again.
     def __getstate__(self):
-        return {**self.__dict__, "rows": {}, "stream": None}
+        return {**self.__dict__, "rows": {}}
 
     def setup(self, **info):
         self._load()
@@ -76,7 +73,6 @@ class ResultsTable(Callback):
             return
         row = self._row(trial)
         row.update(status="RUNNING", started_at=time.time())
-        self._progress(trials, force=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self._frozen(trial):
@@ -89,7 +85,6 @@ class ResultsTable(Callback):
         if isinstance(score, float) and not math.isnan(score):
             keep = before is not None and not math.isnan(before)
             row[best] = (max if mode == "max" else min)(score, before) if keep else score
-        self._progress(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, "TERMINATED", trials)
@@ -99,7 +94,6 @@ class ResultsTable(Callback):
 
     def on_experiment_end(self, trials, **info):
         self.write()
-        self._progress(trials, force=True)
 
     # ---- table
     def _frozen(self, trial) -> bool:
@@ -111,6 +105,7 @@ class ResultsTable(Callback):
         if trial.trial_id not in self.rows:
             try:
                 config = flatten(trial_config(self.spec, trial.config), "config/")
+                config[REFERENCE] = is_reference(trial.config)
                 name = case_name(self.spec, trial.config)
                 if name is not None:
                     config["case"] = name
@@ -128,7 +123,6 @@ class ResultsTable(Callback):
         if status == "ERROR" and error_file and Path(error_file).is_file():
             row["error"] = Path(error_file).read_text()[-2000:]
         self.write()
-        self._progress(trials, force=True)
 
     def frame(self) -> pd.DataFrame:
         """The trial table with its ``pareto`` column, flagged on the spec's objectives."""
@@ -140,22 +134,6 @@ class ResultsTable(Callback):
         frame = self.frame()
         write_parquet(frame, self.directory / TRIALS_FILE)
         write_parquet(frontier_rows(frame), self.directory / FRONTIER_FILE)
-
-    def _progress(self, trials, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_print < self.min_interval_s:
-            return
-        self._last_print = now
-        statuses = [t.status for t in trials]
-        frame, (metric, mode, column) = self.frame(), self._quality
-        values = frame[column] if column in frame else pd.Series([], dtype=float)
-        best = values.max() if mode == "max" else values.min()
-        print(
-            f"[{self.spec.name}] running {statuses.count('RUNNING')} | pending {statuses.count('PENDING')} | "
-            f"finished {statuses.count('TERMINATED')} | errored {statuses.count('ERROR')} | "
-            f"best {metric} {best:.3f} | frontier {int(frame['pareto'].sum())}",
-            file=self.stream or sys.stdout, flush=True,
-        )
 
 
 def _number(value):

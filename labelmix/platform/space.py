@@ -16,11 +16,16 @@ from typing import Any, Mapping
 from ray import tune
 
 from labelmix.errors import UserError
-from labelmix.platform.spec import Axis, StudySpec, assemble_config, grid_points
+from labelmix.platform.spec import Axis, StudySpec, assemble_config, grid_points, reference_config
 from labelmix.trainables.config import TrainConfig
 from labelmix.trainables.data.annotations import AnnotationMix
 
-__all__ = ["case_name", "grid_size", "mix_of", "optuna_grid", "options", "trial_config", "tune_param_space"]
+__all__ = ["REFERENCE", "case_name", "grid_size", "is_reference", "mix_of", "optuna_grid", "options",
+           "reference_point", "trial_config", "tune_param_space"]
+
+# The key that marks the study's reference trial in its sampled values (labelmix.platform.reference
+# suggests it); the other values of that point are placeholders that trial_config ignores.
+REFERENCE = "reference"
 
 
 def options(axis: Axis) -> list:
@@ -90,6 +95,8 @@ def trial_config(spec: StudySpec, sampled: Mapping[str, Any]) -> dict[str, Any]:
     that sum to 0 raise UserError. Keys of ``sampled`` that the space does not search raise too:
     they would otherwise be dropped silently.
     """
+    if is_reference(sampled):
+        return reference_config(spec)
     searched = {axis.name: axis for axis in spec.searched}
     unknown = sorted(set(sampled) - set(searched))
     if unknown:
@@ -98,8 +105,23 @@ def trial_config(spec: StudySpec, sampled: Mapping[str, Any]) -> dict[str, Any]:
     return assemble_config(spec, values)
 
 
+def is_reference(sampled: Mapping[str, Any]) -> bool:
+    """Whether a trial's sampled values are those of the study's reference trial."""
+    return bool(sampled.get(REFERENCE))
+
+
+def reference_point(spec: StudySpec) -> dict[str, Any]:
+    """The reference trial's sampled values: the marker, and for every searched axis a valid
+    placeholder (its lowest option or bound), so that Tune has no value left to resolve."""
+    return {REFERENCE: True, **{axis.name: options(axis)[0] if axis.categorical else axis.lowest()
+                                for axis in spec.searched}}
+
+
 def case_name(spec: StudySpec, sampled: Mapping[str, Any]) -> str | None:
-    """The name of the ``space.cases`` case a trial samples (None when the space has no cases)."""
+    """The name of the ``space.cases`` case a trial samples, or the reference's name (None when
+    the space has no cases)."""
+    if is_reference(sampled):
+        return spec.reference_case["name"]
     axis = next((a for a in spec.searched if a.name == "cases"), None)
     if axis is None or "cases" not in sampled:
         return None

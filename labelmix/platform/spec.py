@@ -274,10 +274,36 @@ def _parse_mix(raw: Any, path: str) -> list[Axis]:
     return axes
 
 
+def _parse_case(case: Any, where: str, default_name: str, taken: set[str] = frozenset()) -> dict[str, Any]:
+    """One named set of trial config fields, such as ``{name: 5% alone, mix: {full: 0.05, none:
+    0.95}, pseudo_weight: 0}`` (a case of ``space.cases``, or the study's ``reference``): its ``mix``
+    is a complete mix; ``name`` (default ``default_name``) labels its trials in the trial table;
+    fields in ``taken`` (set in fixed or space) are refused."""
+    if not isinstance(case, Mapping) or not case:
+        raise UserError(f"{where}: a case is a non-empty mapping of trial config fields, got {case!r}")
+    name = case.get("name", default_name)
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"{where}.name: a case name is a non-empty string, got {name!r}")
+    fields = {k: v for k, v in case.items() if k != "name"}
+    for key in fields:
+        _check_field(key, where)
+        if key in taken:
+            raise UserError(f"{where}.{key}: also set in fixed or space; a field is set in one place")
+    if "mix" in fields:
+        mix = fields["mix"]
+        if not isinstance(mix, Mapping):
+            raise UserError(f"{where}.mix: a complete mix is a mapping such as {{full: 0.06, none: 0.94}}, got {mix!r}")
+        try:
+            fields["mix"] = AnnotationMix.from_mapping(mix).as_dict()
+        except UserError as exc:
+            raise UserError(f"{where}.{exc}") from None
+        except (TypeError, ValueError):
+            raise UserError(f"{where}.mix: mix fractions must be numbers, got {dict(mix)!r}") from None
+    return {"name": name, **fields}
+
+
 def _parse_cases(raw: Any, path: str, taken: set[str]) -> Axis:
-    """``space.cases``: a grid (or choice) of cases, each a mapping of trial config fields set together,
-    such as ``{name: 5% alone, mix: {full: 0.05, none: 0.95}, pseudo_weight: 0}``; a case's ``mix``
-    is a complete mix; ``name`` (default "case I") labels its trials in the trial table."""
+    """``space.cases``: a grid (or choice) of cases (:func:`_parse_case`), names unique."""
     if not isinstance(raw, Mapping) or len(raw) != 1 or next(iter(raw)) not in ("grid", "choice"):
         raise UserError(f"{path}: give {{grid: [cases]}} or {{choice: [cases]}}, each case a mapping of trial config fields")
     kind = next(iter(raw))
@@ -285,31 +311,11 @@ def _parse_cases(raw: Any, path: str, taken: set[str]) -> Axis:
     cases, names = [], set()
     for i, case in enumerate(getattr(dist, kind)):
         where = f"{path}.{kind}.{i}"
-        if not isinstance(case, Mapping) or not case:
-            raise UserError(f"{where}: a case is a non-empty mapping of trial config fields, got {case!r}")
-        name = case.get("name", f"case {i}")
-        if not isinstance(name, str) or not name.strip():
-            raise UserError(f"{where}.name: a case name is a non-empty string, got {name!r}")
-        if name in names:
-            raise UserError(f"{where}.name: {name!r} names two cases; case names are unique")
-        names.add(name)
-        case = {k: v for k, v in case.items() if k != "name"}
-        for key in case:
-            _check_field(key, where)
-            if key in taken:
-                raise UserError(f"{where}.{key}: also set in fixed or space; a field is set in one place")
-        case = dict(case)
-        if "mix" in case:
-            mix = case["mix"]
-            if not isinstance(mix, Mapping):
-                raise UserError(f"{where}.mix: a complete mix is a mapping such as {{full: 0.06, none: 0.94}}, got {mix!r}")
-            try:
-                case["mix"] = AnnotationMix.from_mapping(mix).as_dict()
-            except UserError as exc:
-                raise UserError(f"{where}.{exc}") from None
-            except (TypeError, ValueError):
-                raise UserError(f"{where}.mix: mix fractions must be numbers, got {dict(mix)!r}") from None
-        cases.append({"name": name, **case})
+        case = _parse_case(case, where, f"case {i}", taken)
+        if case["name"] in names:
+            raise UserError(f"{where}.name: {case['name']!r} names two cases; case names are unique")
+        names.add(case["name"])
+        cases.append(case)
     return Axis("cases", kind, tuple(cases))
 
 
@@ -425,8 +431,13 @@ class StudySpec(_Strict):
     storage: StorageConfig = StorageConfig()
     tracking: TrackingConfig = TrackingConfig()
     smoke: SmokeConfig = SmokeConfig()
+    # One trial run beside the searched ones, for comparison: a named set of trial config fields
+    # over the fixed ones, such as {name: all masks, mix: {full: 1}}. It is not searched, not on the
+    # frontier and never stopped early; the frontier is read against it (trial_table.recommend_near).
+    reference: Optional[dict[str, Any]] = None
 
     _axes: tuple[Axis, ...] = PrivateAttr(default=())
+    _reference: Optional[dict[str, Any]] = PrivateAttr(default=None)
 
     @field_validator("objectives")
     @classmethod
@@ -444,6 +455,16 @@ class StudySpec(_Strict):
     def searched(self) -> tuple[Axis, ...]:
         return tuple(a for a in self._axes if a.searched)
 
+    @property
+    def reference_case(self) -> Optional[dict[str, Any]]:
+        """The parsed ``reference`` (its ``name`` and fields), or None."""
+        return self._reference
+
+    @property
+    def total_trials(self) -> int:
+        """Trials the study runs: the searched ones and the reference."""
+        return self.search.trials + (self._reference is not None)
+
     @model_validator(mode="after")
     def _check(self):
         _refuse_non_finite(self.model_dump(by_alias=True), "")
@@ -458,6 +479,9 @@ class StudySpec(_Strict):
         self._check_epochs()
         self._check_trial_configs()
         self._check_network()
+        if self.reference is not None:
+            self._reference = _parse_case(self.reference, "reference", "reference")
+            load_config(reference_config(self), prefix="reference")
         if self.tracking.experiment is None:
             _set(self, "tracking", self.tracking.model_copy(update={"experiment": self.name}))
         return self
@@ -834,6 +858,21 @@ def assemble_config(spec: StudySpec, values: Mapping[str, Any]) -> dict[str, Any
         if total <= 0:
             raise UserError(f"mix: the weights {shown} sum to 0; at least one annotation type needs a positive weight")
         config["mix"] = {**{t: w / total for t, w in weights.items()}, "seed": seed}
+    return config
+
+
+def reference_config(spec: StudySpec) -> dict[str, Any]:
+    """The reference trial's plain config: the fixed settings, then the reference's fields (searched
+    fields it does not set keep TrainConfig's defaults; its mix seed is the fixed one's)."""
+    fields = copy.deepcopy(spec.reference_case)
+    if fields is None:
+        raise ValueError(f"study {spec.name!r} has no reference")
+    fields.pop("name")
+    config = _base_config(spec)
+    mix = fields.pop("mix", None)
+    config.update(fields)
+    if mix is not None:
+        config["mix"] = {**mix, "seed": config["mix"]["seed"]}
     return config
 
 

@@ -32,9 +32,10 @@ from ray import tune
 
 from labelmix.errors import UserError
 from labelmix.platform.cluster import attach, check_storage, cluster_shape, is_shared_path, scheme_of
+from labelmix.platform.progress import Progress
 from labelmix.platform.results import ResultsTable
 from labelmix.platform.trial_table import FRONTIER_FILE, TRIALS_FILE, frontier_of, read_table
-from labelmix.platform.space import optuna_grid, tune_param_space
+from labelmix.platform.space import optuna_grid, reference_point, tune_param_space
 from labelmix.platform.spec import StudySpec, load_spec
 from labelmix.platform.tracking import study_tracking
 from labelmix.platform.trainable import DatasetSource, run_trial
@@ -196,20 +197,26 @@ def make_searcher(spec: StudySpec):
     metrics, modes = objective_lists(spec)
     if len(metrics) == 1:
         metrics, modes = metrics[0], modes[0]
-    return OptunaSearch(metric=metrics, mode=modes, sampler=sampler, seed=seed)
+    searcher = OptunaSearch(metric=metrics, mode=modes, sampler=sampler, seed=seed)
+    if spec.reference_case is None:
+        return searcher
+    from labelmix.platform.reference import ReferenceFirst
+
+    return ReferenceFirst(searcher, reference_point(spec))
 
 
 def make_scheduler(spec: StudySpec):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
     from labelmix.platform.pareto_asha import ParetoASHA
+    from labelmix.platform.reference import KeepReferenceASHA
 
     sch = spec.scheduler
     if sch.type == "none":
         return FIFOScheduler()
     if sch.type == "asha":
         objective = spec.objectives[0]
-        return ASHAScheduler(
+        return KeepReferenceASHA(
             time_attr="training_iteration", metric=objective.metric, mode=objective.mode,
             max_t=sch.max_epochs, grace_period=sch.grace_period, reduction_factor=sch.reduction_factor,
         )
@@ -281,7 +288,7 @@ def build_tuner(spec: StudySpec, folder: StudyFolder | Path, callbacks: list, re
     )
     if restore:
         return tune.Tuner.restore(folder.location, trainable=trainable, resume_errored=True)
-    num_samples = spec.search.trials
+    num_samples = spec.total_trials
     return tune.Tuner(
         trainable,
         param_space=tune_param_space(spec),
@@ -324,7 +331,9 @@ def dataset_tags(spec: StudySpec) -> dict[str, str]:
 
 
 def run_study(spec: StudySpec, source_text: str, address: Optional[str] = None, callbacks: list | None = None,
-              restore: bool = False, tracking_uri: Optional[str] = None, tracking: bool = True) -> StudyResult:
+              restore: bool = False, tracking_uri: Optional[str] = None, tracking: bool = True,
+              stream=None) -> StudyResult:
+    """Run (or, ``restore``, continue) a study; ``stream``: where the progress bar goes (stdout)."""
     folder = study_folder(spec)
     if not restore and folder.has(SPEC_FILE):
         raise UserError(
@@ -340,6 +349,7 @@ def run_study(spec: StudySpec, source_text: str, address: Optional[str] = None, 
     folder.local.mkdir(parents=True, exist_ok=True)
     results = SyncedResultsTable(folder, spec)
     if not restore:
+        callbacks.append(Progress(spec.name, spec.total_trials, spec.search.concurrency, results.frame, stream))
         if tracking:
             # Checked before any trial starts: an unreachable server fails the submit at once. On
             # restore Tune brings back the tracking callback it pickled, which reattaches its runs.

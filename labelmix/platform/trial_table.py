@@ -13,7 +13,8 @@ Parquet file), so a table read back knows its axes.
 
 A row counts only when its trial finished (Tune's TERMINATED, MLflow's FINISHED) and was trained (not
 over the budget cap): any other row has NaN for every objective, so it is never on the front and is
-never recommended.
+never recommended. The study's reference trial (``reference`` column True, spec ``reference``) counts
+but is compared with, not searched: it is never on the front and never recommended either.
 
 Only the standard library loads with this module (the CLI builds its parser from browse.py, which
 uses these names); numpy, pandas and the frontier maths load when a function needs them.
@@ -43,6 +44,8 @@ TAG_STUDY, TAG_ROLE, TAG_TRIAL = "labelmix.study", "labelmix.role", "labelmix.tr
 TAG_PARENT, TAG_ERROR = "mlflow.parentRunId", "labelmix.error"
 TAG_OBJECTIVES = "labelmix.objectives"  # on the study run: the spec's objectives as JSON
 TAG_PARETO, TAG_FRONTIER_SIZE = "pareto", "labelmix.frontier_size"
+REFERENCE = "reference"  # True on the row of the study's reference trial
+TOLERANCE = 0.05  # "within 0.05 of the reference": the recommendation's default tolerance
 MIX_COLUMNS = ("config/mix.full", "config/mix.box", "config/mix.global", "config/mix.none")
 
 Objective = tuple[str, str]  # (metric, mode): mode is "min" or "max"
@@ -135,6 +138,24 @@ def counted(frame: pd.DataFrame) -> np.ndarray:
     return done
 
 
+def reference_rows(frame: pd.DataFrame) -> np.ndarray:
+    """True for the rows of the reference trial (all False without the column)."""
+    import numpy as np
+
+    if REFERENCE not in frame:
+        return np.zeros(len(frame), bool)
+    return frame[REFERENCE].astype("boolean").fillna(False).to_numpy(bool)
+
+
+def searched_values(frame: pd.DataFrame, objectives: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cost_and_score` with NaN on the reference rows: what the front and the recommendation read."""
+    import numpy as np
+
+    cost, score = cost_and_score(frame, objectives)
+    ref = reference_rows(frame)
+    return np.where(ref, np.nan, cost), np.where(ref, np.nan, score)
+
+
 def objective_values(frame: pd.DataFrame, objectives: Any = None) -> np.ndarray:
     """N x 2 values of the frontier axes (x, y) as reported, NaN where a row does not count or lacks
     the metric. ``objectives`` None: the table's own."""
@@ -163,7 +184,7 @@ def with_pareto(frame: pd.DataFrame, objectives: Any = None) -> pd.DataFrame:
 
     objectives = _objectives_of(frame, objectives)
     frame = frame.copy()
-    frame["pareto"] = pareto_mask(*cost_and_score(frame, objectives))
+    frame["pareto"] = pareto_mask(*searched_values(frame, objectives))
     frame.attrs["objectives"] = [list(o) for o in objectives]
     return frame
 
@@ -191,7 +212,8 @@ def counted_hours(frame: pd.DataFrame, objectives: Any = None) -> np.ndarray:
     import pandas as pd
 
     hours = pd.to_numeric(frame[COST], errors="coerce").to_numpy(float) if COST in frame else np.full(len(frame), np.nan)
-    return np.where(np.isfinite(objective_values(frame, objectives)).all(axis=1), hours, np.nan)
+    searched = np.isfinite(objective_values(frame, objectives)).all(axis=1) & ~reference_rows(frame)
+    return np.where(searched, hours, np.nan)
 
 
 def recommend_index(frame: pd.DataFrame, budget_hours: float, objectives: Any = None) -> Optional[int]:
@@ -200,6 +222,45 @@ def recommend_index(frame: pd.DataFrame, budget_hours: float, objectives: Any = 
     from labelmix.platform.frontier import recommend
 
     return recommend(counted_hours(frame, objectives), cost_and_score(frame, objectives)[1], budget_hours)
+
+
+def reference_quality(frame: pd.DataFrame, objectives: Any = None) -> Optional[float]:
+    """The quality (y, as reported) of the reference: the mean over its counted rows; None without one."""
+    import numpy as np
+
+    values = objective_values(frame, objectives)[reference_rows(frame), 1]
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else None
+
+
+def near_reference(frame: pd.DataFrame, tolerance: float = TOLERANCE, objectives: Any = None) -> np.ndarray:
+    """Positions of the searched rows whose quality is within ``tolerance`` of the reference (or
+    better); empty without a reference."""
+    import numpy as np
+
+    target = reference_quality(frame, objectives)
+    if target is None:
+        return np.zeros(0, int)
+    cost, score = searched_values(frame, objectives)  # x minimised, y maximised
+    (_, y_mode) = frontier_axes(_objectives_of(frame, objectives))[1]
+    floor = (target if y_mode == "max" else -target) - tolerance
+    return np.flatnonzero(np.isfinite(cost) & np.isfinite(score) & (score >= floor - 1e-12))
+
+
+def recommend_near(frame: pd.DataFrame, tolerance: float = TOLERANCE, objectives: Any = None) -> Optional[int]:
+    """Position of the cheapest searched row within ``tolerance`` of the reference (ties: the better
+    quality, then the earlier row); without such a row, the best searched row; None when no
+    searched row counts."""
+    import numpy as np
+
+    cost, score = searched_values(frame, objectives)  # x minimised, y maximised
+    near = near_reference(frame, tolerance, objectives)
+    if len(near):
+        return int(near[np.lexsort((near, -score[near], cost[near]))[0]])
+    valid = np.flatnonzero(np.isfinite(cost) & np.isfinite(score))
+    if not len(valid):
+        return None
+    return int(valid[np.lexsort((valid, cost[valid], -score[valid]))[0]])
 
 
 # --- files and text -------------------------------------------------------------------------------
@@ -230,3 +291,40 @@ def format_frontier(frame: pd.DataFrame, objectives: Any = None) -> str:
                           "config/ds_type", "config/ds_depth", "config/ema_decay"])
     shown = frame[[c for c in cols if c in frame]].rename(columns=lambda c: c.removeprefix("config/"))
     return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+def describe_reference(frame: pd.DataFrame, tolerance: float = TOLERANCE, objectives: Any = None) -> list[str]:
+    """Lines under the frontier: the reference trial (when the study has one) and the recommendation
+    of :func:`recommend_near` with the reason it was chosen."""
+    import numpy as np
+
+    from labelmix.platform.plots import mix_label
+
+    (x, _), (y, y_mode) = frontier_axes(_objectives_of(frame, objectives))
+    values = objective_values(frame, objectives)
+    ref = reference_rows(frame)
+    target = reference_quality(frame, objectives)
+    lines = []
+    if ref.any():
+        first = int(np.flatnonzero(ref)[0])
+        name = frame["case"].iloc[first] if "case" in frame and isinstance(frame["case"].iloc[first], str) else REFERENCE
+        if target is None:
+            lines.append(f"reference ({name}): not finished")
+        else:
+            lines.append(f"reference ({name}, trial {frame['trial_id'].iloc[first]}): {y} {target:.3f}, "
+                         f"{x} {values[first, 0]:.3f}")
+    best = recommend_near(frame, tolerance, objectives)
+    if best is None:
+        return lines
+    within = best in near_reference(frame, tolerance, objectives)
+    if target is None:
+        why = "the best trial (the study has no reference)"
+    elif within:
+        why = f"the cheapest trial at most {tolerance:g} below the reference" if y_mode == "max" else \
+            f"the cheapest trial at most {tolerance:g} above the reference"
+    else:
+        why = f"no trial is within {tolerance:g} of the reference; the best one"
+    row = frame.iloc[best]
+    lines.append(f"recommended: trial {row['trial_id']} ({mix_label(row)}), {y} {values[best, 1]:.3f}, "
+                 f"{x} {values[best, 0]:.3f}: {why}")
+    return lines
