@@ -5,13 +5,16 @@ from labelmix.mlflow_server.server import (
     ServerSettings,
     ServerStatus,
     build_command,
-    check_health,
-    is_loopback,
-    mask_password,
-    split_credentials,
     start,
     status,
     stop,
+)
+from labelmix.mlflow_server.uris import (
+    check_health,
+    is_loopback,
+    mask_password,
+    probe_health,
+    split_credentials,
 )
 
 __all__ = [
@@ -22,6 +25,7 @@ __all__ = [
     "check_health",
     "is_loopback",
     "mask_password",
+    "probe_health",
     "split_credentials",
     "start",
     "status",

@@ -24,37 +24,30 @@ extra processes; labelmix uses none, so ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` d
 false here (set it in the environment to override).
 
 POSIX only (process groups, ``/proc`` where present).
+
+This module holds the settings, the records and ``start`` / ``status`` / ``stop``; the checks
+made before a start are in ``preflight``, the process mechanics (``server.json``, waiting for
+``/health``, the log, process groups) in ``process``, and the URI helpers in ``uris``.
 """
 
 from __future__ import annotations
 
-import errno
-import importlib.util
-import ipaddress
-import json
 import os
 import re
-import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from labelmix.errors import UserError
+from labelmix.mlflow_server.preflight import check_backend, check_basic_auth, check_port_free, refuse_if_running
+from labelmix.mlflow_server.process import (CHILDREN, LOG_FILE, STATE_FILE, is_our_server, kill_group, read_state,
+                                            secret_key, wait_healthy, write_state)
+# probe_health: labelmix.platform.tracking imports it from here.
+from labelmix.mlflow_server.uris import check_health, client_host, is_loopback, mask_password, probe_health
 
-STATE_FILE = "server.json"
-LOG_FILE = "server.log"
-LOG_TAIL_LINES = 15
-_HAVE_PROC = Path("/proc/self/stat").exists()
-# Servers started by this process, kept so they can be reaped when stopped (no zombies, no
-# "subprocess still running" warnings when a Popen goes out of scope).
-_CHILDREN: dict[int, subprocess.Popen] = {}
+__all__ = ["ServerInfo", "ServerSettings", "ServerStatus", "build_command", "probe_health", "start", "status", "stop"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +114,7 @@ class ServerSettings:
     @property
     def uri(self) -> str:
         """The URI clients on this machine use (a wildcard bind is reached through loopback)."""
-        return f"http://{_client_host(self.host)}:{self.port}"
+        return f"http://{client_host(self.host)}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -191,12 +184,12 @@ def start(settings: ServerSettings, timeout_s: float = 60) -> ServerInfo:
     backend = settings.resolved_backend_store_uri
     masked_backend = mask_password(backend)
 
-    _refuse_if_running(state_dir)
+    refuse_if_running(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)  # holds the default SQLite database
-    _check_backend(settings.backend_store_uri or backend, backend)
+    check_backend(settings.backend_store_uri or backend, backend)
     if settings.basic_auth:
-        _check_basic_auth(state_dir)
-    _check_port_free(settings.host, settings.port)
+        check_basic_auth(state_dir)
+    check_port_free(settings.host, settings.port)
 
     artifacts = settings.resolved_artifacts_destination
     if "://" not in artifacts and not artifacts.startswith("file:"):
@@ -216,7 +209,7 @@ def start(settings: ServerSettings, timeout_s: float = 60) -> ServerInfo:
     if settings.basic_auth and not env.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
         # The auth app's CSRF protection refuses to start without a static key; keep one per
         # state directory so sessions survive restarts and all workers agree.
-        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = _secret_key(state_dir)
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secret_key(state_dir)
 
     with open(log_path, "ab") as log:
         log_offset = log.tell()
@@ -241,14 +234,14 @@ def start(settings: ServerSettings, timeout_s: float = 60) -> ServerInfo:
         state_dir=state_dir,
         log_path=log_path,
     )
-    _CHILDREN[proc.pid] = proc
+    CHILDREN[proc.pid] = proc
     # Recorded before the wait: a server left starting by a killed caller can still be stopped.
-    _write_state(info)
+    write_state(info)
 
     try:
-        _wait_healthy(proc, info, backend, log_offset, timeout_s)
+        wait_healthy(proc, info, backend, log_offset, timeout_s)
     except BaseException:
-        _kill_group(proc.pid, timeout_s=10)
+        kill_group(proc.pid, timeout_s=10)
         (state_dir / STATE_FILE).unlink(missing_ok=True)
         raise
     return info
@@ -257,11 +250,11 @@ def start(settings: ServerSettings, timeout_s: float = 60) -> ServerInfo:
 def status(state_dir: Path | str = ServerSettings.state_dir) -> ServerStatus:
     """Whether the server recorded in ``state_dir`` is alive and answering."""
     state_dir = Path(state_dir)
-    record = _read_state(state_dir)
+    record = read_state(state_dir)
     if record is None:
         return ServerStatus(state_dir=state_dir)
     pid, uri = record["pid"], record["uri"]
-    running = _is_our_server(pid)
+    running = is_our_server(pid)
     return ServerStatus(
         state_dir=state_dir,
         uri=uri,
@@ -278,391 +271,12 @@ def stop(state_dir: Path | str = ServerSettings.state_dir, timeout_s: float = 20
     """Stop the server recorded in ``state_dir``: SIGTERM its process group, SIGKILL after
     ``timeout_s``. Returns False when nothing was running (a stale ``server.json`` is removed)."""
     state_dir = Path(state_dir)
-    record = _read_state(state_dir)
+    record = read_state(state_dir)
     if record is None:
         return False
     pid = record["pid"]
-    was_running = _is_our_server(pid)
+    was_running = is_our_server(pid)
     if was_running:
-        _kill_group(pid, timeout_s=timeout_s)
+        kill_group(pid, timeout_s=timeout_s)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     return was_running
-
-
-def probe_health(uri: str, timeout_s: float = 2, user: str | None = None, password: str | None = None) -> str | None:
-    """None when ``GET <uri>/health`` answers 200 within ``timeout_s``, else why not (one line).
-
-    ``user`` and ``password`` go in a basic-auth header; loopback addresses bypass any HTTP(S)_PROXY.
-    The one health check: ``check_health`` and the tracking callback's pre-flight check use it."""
-    import base64
-
-    handlers = []
-    if is_loopback(urlsplit(uri).hostname or ""):
-        handlers.append(urllib.request.ProxyHandler({}))  # an HTTP(S)_PROXY must not see loopback
-    request = urllib.request.Request(uri.rstrip("/") + "/health")
-    if user and password:
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
-    try:
-        with urllib.request.build_opener(*handlers).open(request, timeout=timeout_s) as response:
-            return None if response.status == 200 else f"GET /health answered {response.status}"
-    except urllib.error.HTTPError as e:
-        return f"GET /health answered {e.code}"
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        return str(getattr(e, "reason", None) or e)
-
-
-def check_health(uri: str, timeout_s: float = 2) -> bool:
-    """True when ``GET <uri>/health`` answers 200 within ``timeout_s``."""
-    return probe_health(uri, timeout_s) is None
-
-
-def mask_password(text: str) -> str:
-    """``postgresql://u:secret@host/db`` -> ``postgresql://u:***@host/db``, anywhere in text."""
-    # Greedy up to the last "@" before the path, so a raw "@" in a password is masked too.
-    return re.sub(r"(://[^:/@\s]*:)[^/\s]*@", r"\1***@", text)
-
-
-def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
-    """``http://user:secret@host:5000/`` -> (``http://host:5000/``, ``user``, ``secret``).
-
-    Only http(s) URIs lose their user info (a database URI keeps its login). A password written
-    ``***`` (a redacted URI, as labelmix records them) counts as not given.
-    """
-    parts = urlsplit(uri) if "://" in uri else None
-    if parts is None or parts.scheme.lower() not in ("http", "https") or "@" not in parts.netloc:
-        return uri, None, None
-    userinfo, _, hostport = parts.netloc.rpartition("@")  # rpartition: a raw "@" in the password stays in it
-    user, sep, password = userinfo.partition(":")
-    password = unquote(password) if sep and password not in ("", "***") else None
-    return urlunsplit(parts._replace(netloc=hostport)), unquote(user) or None, password
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks made before the server starts
-
-
-def _refuse_if_running(state_dir: Path) -> None:
-    record = _read_state(state_dir)
-    if record is None:
-        return
-    pid, uri = record["pid"], record["uri"]
-    if not _is_our_server(pid):
-        (state_dir / STATE_FILE).unlink(missing_ok=True)  # left by a server that died
-        return
-    if check_health(uri):
-        raise UserError(
-            f"an MLflow server is already running at {uri} (pid {pid}, state in {state_dir}); "
-            "use it, or stop it first with `labelmix server stop`"
-        )
-    raise UserError(
-        f"an MLflow server started from {state_dir} (pid {pid}) is still running but not answering "
-        f"{uri}/health; stop it first with `labelmix server stop` (log: {state_dir / LOG_FILE})"
-    )
-
-
-def _check_backend(given: str, resolved: str) -> None:
-    """``given`` is the URI as the user wrote it (for messages), ``resolved`` what MLflow gets."""
-    scheme = resolved.split("://", 1)[0].lower() if "://" in resolved else ""
-    if scheme == "sqlite":
-        path = resolved[len("sqlite:///"):] if resolved.startswith("sqlite:///") else ""
-        if path and path != ":memory:" and not Path(path).parent.is_dir():
-            raise UserError(f"backend store {given}: directory {Path(path).parent} does not exist")
-    elif scheme == "postgresql+psycopg2":
-        _check_postgres(given, resolved)
-    # Other stores (mysql, mssql, plugins) are left to MLflow; its log explains failures.
-
-
-def _check_basic_auth(state_dir: Path) -> None:
-    if not _flask_wtf_available():
-        raise UserError(
-            "basic auth needs MLflow's auth extra (Flask-WTF, for CSRF checks): "
-            "pip install 'mlflow[auth]'"
-        )
-    # MLflow ships no default admin password: on the first start (no user database yet, which
-    # basic_auth.ini puts at ./basic_auth.db, i.e. in the state directory) it refuses to start
-    # unless it is told one. A custom MLFLOW_AUTH_CONFIG_PATH may set it in the file instead.
-    if (
-        os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD")
-        or os.environ.get("MLFLOW_AUTH_CONFIG_PATH")
-        or (state_dir / "basic_auth.db").exists()
-    ):
-        return
-    raise UserError(
-        "basic auth: MLflow creates the admin user 'admin' on the first start and needs its "
-        "password; export MLFLOW_AUTH_ADMIN_PASSWORD='<a strong password>' and start again"
-    )
-
-
-def _flask_wtf_available() -> bool:
-    return importlib.util.find_spec("flask_wtf") is not None
-
-
-def _psycopg2_available() -> bool:
-    try:
-        import psycopg2  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _check_postgres(given: str, uri: str) -> None:
-    masked = mask_password(given)
-    if not _psycopg2_available():
-        raise UserError(
-            f"backend store {masked} needs the PostgreSQL driver: "
-            "pip install 'labelmix[postgres]' (psycopg2-binary)"
-        )
-    import psycopg2
-
-    parts = urlsplit(uri)
-    user = unquote(parts.username or "") or None
-    password = unquote(parts.password or "") or None
-    dbname = unquote(parts.path.lstrip("/")) or None
-    try:
-        port = parts.port
-    except ValueError:
-        raise UserError(f"backend store {masked}: the port is not a number") from None
-    query = dict(
-        pair.split("=", 1) for pair in parts.query.split("&") if "=" in pair
-    )  # libpq options such as sslmode=require
-    query = {key: unquote(value) for key, value in query.items()}
-    host = unquote(parts.hostname or "") or None
-    where = f"{host or 'localhost'}:{port or 5432}/{dbname or user or ''}"
-    try:
-        conn = psycopg2.connect(
-            host=host, port=port, dbname=dbname, user=user, password=password,
-            connect_timeout=5, **query,
-        )  # fmt: skip
-    except psycopg2.Error as e:
-        first = _driver_first_line(str(e))
-        if password:
-            first = first.replace(password, "***")
-        raise UserError(
-            f"cannot connect to PostgreSQL at {where} as {user or 'the default user'}: {first}"
-        ) from None
-    conn.close()
-
-
-def _driver_first_line(message: str) -> str:
-    """libpq: 'connection to server at "h", port 1 failed: FATAL:  reason' -> 'reason'."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    first = lines[0] if lines else "unknown error"
-    first = re.sub(r'^connection to server (at|on) .*? failed: ', "", first)
-    first = re.sub(r"^FATAL:\s+", "", first)
-    return first
-
-
-def _check_port_free(host: str, port: int) -> None:
-    bind_host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
-    probe = socket.socket(family, socket.SOCK_STREAM)
-    # Like uvicorn: a port in TIME_WAIT is free, one with a listener (or a bound socket) is not.
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        probe.bind((bind_host, port))
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            raise UserError(
-                f"port {port} on {host} is already in use; choose another with --port"
-            ) from None
-        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    finally:
-        probe.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Waiting, reading the log, process groups
-
-
-def _wait_healthy(
-    proc: subprocess.Popen, info: ServerInfo, backend: str, log_offset: int, timeout_s: float
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        code = proc.poll()
-        if code is not None:
-            raise UserError(
-                _explain_failure(
-                    info, backend, log_offset, f"mlflow server exited with status {code}"
-                )
-            )
-        if check_health(info.uri, timeout_s=1):
-            return
-        if time.monotonic() > deadline:
-            raise UserError(
-                _explain_failure(
-                    info, backend, log_offset,
-                    f"mlflow server did not answer {info.uri}/health within {timeout_s:g} s",
-                )  # fmt: skip
-            )
-        time.sleep(0.25)
-
-
-def _explain_failure(info: ServerInfo, backend: str, log_offset: int, what: str) -> str:
-    tail = _log_tail(info.log_path, log_offset, backend)
-    text = "\n".join(tail)
-    masked = mask_password(backend)
-    if "address already in use" in text.lower():
-        return f"port {info.port} on {info.host} is already in use; choose another with --port"
-    if "password authentication failed" in text:
-        return f"backend store {masked}: password authentication failed (log: {info.log_path})"
-    missing = re.search(r"No module named '([\w.]+)'", text)
-    if missing:
-        return (
-            f"{what}: backend store {masked} needs the Python module "
-            f"'{missing.group(1)}', which is not installed (log: {info.log_path})"
-        )
-    # A Python traceback ends in "module.SomeError: reason": lead with that line.
-    errors = [line for line in tail if re.match(r"^[\w.]*(Error|Exception)\b.*:", line)]
-    if errors:
-        what = f"{what}: {errors[-1].strip()}"
-    return f"{what}\nlast lines of {info.log_path}:\n" + "\n".join(tail[-8:])
-
-
-def _log_tail(log_path: Path, offset: int, backend: str) -> list[str]:
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return []
-    password = unquote(urlsplit(backend).password or "") if "://" in backend else ""
-    lines = []
-    for line in text.splitlines()[-LOG_TAIL_LINES:]:
-        line = mask_password(line)
-        if password:
-            line = line.replace(password, "***")
-        lines.append(line)
-    return lines
-
-
-def _secret_key(state_dir: Path) -> str:
-    path = state_dir / "flask_secret_key"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # owner-only from the start
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return path.read_text().strip()
-
-
-def _write_state(info: ServerInfo) -> None:
-    record = {
-        "pid": info.pid,
-        "uri": info.uri,
-        "backend_store_uri": info.backend_store_uri,  # already masked
-        "artifacts_destination": info.artifacts_destination,
-        "host": info.host,
-        "port": info.port,
-    }
-    path = info.state_dir / STATE_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def _read_state(state_dir: Path) -> dict | None:
-    path = state_dir / STATE_FILE
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not a labelmix server record ({e}); delete it") from None
-    if not (isinstance(record, dict) and isinstance(record.get("pid"), int) and "uri" in record):
-        raise UserError(f"{path} is not a labelmix server record (needs pid and uri); delete it")
-    return record
-
-
-def _is_our_server(pid: int) -> bool:
-    """Alive, not a zombie, and (where /proc tells) an mlflow process: a pid reused by an
-    unrelated program must never be signalled."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by another user; /proc still tells what it is
-    if not _HAVE_PROC:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    state = stat.rsplit(")", 1)[1].split()[0]  # after comm, which may hold spaces and ")"
-    return state != "Z" and b"mlflow" in cmdline
-
-
-def _group_alive(pgid: int) -> bool:
-    """Any live (non-zombie) process left in the group. Zombies count as gone: in containers
-    PID 1 may never reap the orphans."""
-    proc = Path("/proc")
-    if not _HAVE_PROC:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        # fields after comm: state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def _kill_group(pgid: int, timeout_s: float) -> None:
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        if _wait_group_gone(pgid, wait_s):
-            break
-    _reap(pgid)
-
-
-def _wait_group_gone(pgid: int, wait_s: float) -> bool:
-    deadline = time.monotonic() + wait_s
-    while True:
-        _reap(pgid)
-        if not _group_alive(pgid):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status when the server is this process's child (else it stays a zombie)."""
-    proc = _CHILDREN.get(pid)
-    if proc is not None and proc.poll() is not None:
-        del _CHILDREN[pid]
-
-
-def _client_host(host: str) -> str:
-    host = host.strip("[]")
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    if ":" in host:
-        return f"[{host}]"
-    return host

@@ -16,7 +16,9 @@ from typing import Any, Mapping
 from ray import tune
 
 from labelmix.errors import UserError
-from labelmix.platform.spec import Axis, StudySpec, assemble_config, grid_points, reference_config
+from labelmix.platform.assembly import assemble_config, reference_config
+from labelmix.platform.axes import Axis, grid_points
+from labelmix.platform.spec import StudySpec
 from labelmix.trainables.config import TrainConfig
 from labelmix.trainables.data.annotations import AnnotationMix
 
@@ -56,7 +58,7 @@ def tune_param_space(spec: StudySpec, grid_search: bool = False) -> dict[str, An
             space[axis.name] = tune.loguniform(low, high)
         elif axis.kind == "int":
             space[axis.name] = tune.randint(low, high + 1)  # randint excludes its upper bound
-        else:  # pragma: no cover - spec.py only makes the kinds above
+        else:  # pragma: no cover - axes.py only makes the kinds above
             raise AssertionError(f"unknown distribution kind {axis.kind!r}")
     return space
 

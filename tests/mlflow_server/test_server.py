@@ -15,6 +15,7 @@ from labelmix.mlflow_server import (
     build_command,
     check_health,
     mask_password,
+    preflight,
     server,
     start,
     status,
@@ -164,14 +165,14 @@ def test_passwords_are_masked(uri, masked):
 
 
 def test_basic_auth_needs_the_auth_extra(tmp_path, free_port, monkeypatch):
-    monkeypatch.setattr(server, "_flask_wtf_available", lambda: False)
+    monkeypatch.setattr(preflight, "_flask_wtf_available", lambda: False)
     settings = ServerSettings(state_dir=tmp_path, port=free_port, basic_auth=True)
     with pytest.raises(UserError, match=re.escape("pip install 'mlflow[auth]'")):
         start(settings)
 
 
 def test_basic_auth_needs_an_admin_password_on_first_start(tmp_path, free_port, monkeypatch):
-    monkeypatch.setattr(server, "_flask_wtf_available", lambda: True)
+    monkeypatch.setattr(preflight, "_flask_wtf_available", lambda: True)
     monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
     monkeypatch.delenv("MLFLOW_AUTH_CONFIG_PATH", raising=False)
     settings = ServerSettings(state_dir=tmp_path, port=free_port, basic_auth=True)
@@ -181,7 +182,7 @@ def test_basic_auth_needs_an_admin_password_on_first_start(tmp_path, free_port, 
 
 
 def test_missing_postgres_driver_gives_the_install_hint(tmp_path, free_port, monkeypatch):
-    monkeypatch.setattr(server, "_psycopg2_available", lambda: False)
+    monkeypatch.setattr(preflight, "_psycopg2_available", lambda: False)
     uri = "postgresql://labelmix:hunter2@127.0.0.1:5432/mlflow"
     with pytest.raises(UserError) as error:
         start(ServerSettings(state_dir=tmp_path, port=free_port, backend_store_uri=uri))
@@ -227,7 +228,7 @@ def test_server_that_never_answers_is_stopped(tmp_path, free_port):
     with pytest.raises(UserError, match=never):
         start(settings, timeout_s=0.5)  # MLflow needs seconds just to import
     assert not (tmp_path / "server.json").exists()
-    server._check_port_free("127.0.0.1", free_port)  # nothing half-started holds the port
+    preflight.check_port_free("127.0.0.1", free_port)  # nothing half-started holds the port
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""The local files a study spec names, checked without writing anything: the dataset store
+(``dataset.path``, whose metadata and three small columns are read, never the images) and the
+study folder (``storage.path``, refused when it cannot be created, without creating it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from labelmix.errors import UserError
+
+__all__ = ["check_storage", "check_store"]
+
+# Virtual filesystems: a study folder there cannot be created, whatever the permissions say.
+VIRTUAL_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def check_store(local: Path, path: str) -> None:
+    """A dataset store: its metadata and three small columns, never the images."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from labelmix.trainables.data.store import FORMAT_VERSION, read_metadata
+
+    if local.is_dir():
+        raise UserError(f"dataset.path: {path} is a folder; give a dataset store file made by `labelmix data ...`")
+    try:
+        meta = read_metadata(local)
+    except UserError as exc:
+        raise UserError(f"dataset.path: {exc}") from None
+    except ValueError:  # json
+        raise UserError(f"dataset.path: {path}: its labelmix metadata is not valid JSON; recreate the store") from None
+    if not isinstance(meta, Mapping) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, Mapping) else None
+        raise UserError(f"dataset.path: {path}: store format {version} is not the supported {FORMAT_VERSION}")
+    classes = meta.get("class_names")
+    if not isinstance(classes, list) or len(classes) < 2:
+        raise UserError(f"dataset.path: {path}: the store names classes {classes!r}; it needs background and at "
+                        "least one class")
+    try:
+        table = pq.read_table(local, columns=["split", "height", "width"])
+    except (pa.ArrowException, OSError, KeyError) as exc:
+        raise UserError(f"dataset.path: {path}: not a dataset store ({exc})") from None
+    splits = table.column("split").to_pylist()
+    if "train" not in splits:
+        raise UserError(f"dataset.path: {path}: the store has no training images (split train); re-import it "
+                        "with a train fraction above 0 (--split)")
+    sizes = set(zip(table.column("height").to_pylist(), table.column("width").to_pylist()))
+    if len(sizes) > 1:
+        shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:4])
+        raise UserError(f"dataset.path: {path}: images of {len(sizes)} sizes ({shown}, height x width); trials "
+                        "batch one size, so re-import with --size H W")
+
+
+def check_storage(path: str, where: str = "storage.path") -> None:
+    """A local study folder must be one this user can create and write here; nothing is created
+    to find out. Object-store URIs (s3://, gs://) are checked by the study when it writes."""
+    if "://" in path:
+        if urlsplit(path).scheme.lower() != "file":
+            return
+        path_part = urlsplit(path).path
+    else:
+        path_part = path
+    full = Path(os.path.abspath(Path(path_part).expanduser()))
+    real = Path(os.path.realpath(full))
+    for root in map(Path, VIRTUAL_ROOTS):
+        if real == root or root in real.parents:
+            raise UserError(f"{where}: {path} is under {root}, a virtual filesystem; give a folder on a disk, "
+                            "such as studies or ~/studies")
+    existing = full
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        what = f"{path} is" if existing == full else f"{path} cannot be created: {existing} is"
+        raise UserError(f"{where}: {what} a file, not a folder")
+    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        verb = "written" if existing == full else "created"
+        why = "on a read-only filesystem" if read_only else "not writable by this user"
+        raise UserError(f"{where}: {path} cannot be {verb}: {existing} is {why}")
