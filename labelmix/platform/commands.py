@@ -30,7 +30,8 @@ def cmd_check(args) -> int:
     if args.smoke:
         spec = smoke_spec(spec)
     check_storage(spec.storage.path, f"{args.spec}: storage.path")  # as submit does
-    print(f"{args.spec}: valid study spec {spec.name!r}: {spec.search.trials} trials, "
+    reference = f" + the reference ({spec.reference_case['name']})" if spec.reference_case else ""
+    print(f"{args.spec}: valid study spec {spec.name!r}: {spec.search.trials} trials{reference}, "
           f"{spec.search.algorithm} search, {spec.scheduler.type} scheduler, "
           f"objectives {', '.join(f'{o.metric} ({o.mode})' for o in spec.objectives)}")
     return 0

@@ -7,14 +7,24 @@ server, so a cluster needs no route from its nodes to MLflow.
   ``labelmix.code_version``, ``labelmix.objectives`` (the spec's objectives as JSON, which ``labelmix
   frontier`` and ``recommend`` follow) and whatever the caller adds (``labelmix.dataset_fingerprint``);
   the spec as the artifact ``spec.yaml``.
-- Child run per trial (run name = trial id, tags ``mlflow.parentRunId`` and ``labelmix.trial_id``):
-  the decoded trial config as params once, metrics per report with ``step`` = epoch, status at the
-  end (FINISHED, or FAILED with the error text in ``labelmix.error``).
+- Child run per trial (run name = trial id, tags ``mlflow.parentRunId``, ``labelmix.trial_id``,
+  ``labelmix.study`` and ``case`` when the space has cases): the decoded trial config as params once
+  (``mix.full``, ..., ``ds_type``: the trial table's ``config/<field>`` without the prefix), metrics
+  per report with ``step`` = epoch (``val/miou``, ``cost/hours``, ``cost/reduction``, ...), status at
+  the end (FINISHED, or FAILED with the error text in ``labelmix.error``).
 - At the end (:func:`log_frontier`): ``frontier.json`` (a table), ``frontier.png`` and
   ``frontier.html`` on the parent, ``pareto=true|false`` tags on the children, and the last
   checkpoint folder of each frontier trial as the artifact ``model/`` of its child run. The frontier
   is the one of the study's trial table (``table_of``: in a study, ``ResultsTable.frame``); without
   one, a table built from Tune's trials, flagged on ``objectives``.
+
+What a user clicks (MLflow 3.17's UI): the experiment carries the tag ``mlflow.experimentKind =
+custom_model_development`` and two shared runs-table views per study (experiment tags
+``mlflow.sharedViewState.labelmix-<study>-frontier`` / ``-trials``: the frontier, cheapest first, and
+every trial, best first, each with the mix, cost and quality columns shown). The UI opens an
+experiment on its GenAI overview unless the URL says ``workflowType=machine_learning``, so every URL
+built here (:func:`frontier_runs_url`, :func:`parent_run_url`, :func:`artifact_url`,
+:func:`study_links`) says it.
 
 Resume never duplicates a run: the run ids are kept in ``<study>/mlflow_runs.json`` and, when that
 file is missing or points elsewhere, found again by tag (``labelmix.study`` for the parent,
@@ -40,7 +50,7 @@ import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -48,8 +58,11 @@ from ray.tune import Callback
 
 from labelmix.errors import UserError
 from labelmix.platform.trial_table import (
+    COST,
     DEFAULT_OBJECTIVES,
+    MIX_COLUMNS,
     RUNS_FILE,
+    SCORE,
     TAG_ERROR,
     TAG_FRONTIER_SIZE,
     TAG_OBJECTIVES,
@@ -60,6 +73,7 @@ from labelmix.platform.trial_table import (
     TAG_TRIAL,
     as_objectives,
     flatten,
+    frontier_axes,
     frontier_rows,
     objectives_json,
     run_url,
@@ -259,6 +273,129 @@ def _json_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+# --- what a user clicks (MLflow 3.17's UI) --------------------------------------------------------
+
+TAG_EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+SHARED_VIEW = "mlflow.sharedViewState."  # + key: a runs-table view, opened by ?viewStateShareKey=key
+# The UI's own switch between its GenAI side (the default: an experiment opens on a traces overview)
+# and its model-training side (runs, models); the experiment kind tag alone does not switch it.
+ML_WORKFLOW = "workflowType=machine_learning"
+TAG_CASE = "case"  # on a child run: the space.cases case of the trial, as in the trial table
+VIEWS = ("frontier", "trials")
+
+
+def view_key(study: str, view: str) -> str:
+    """The share key of a study's runs-table view (``frontier`` or ``trials``)."""
+    if view not in VIEWS:
+        raise ValueError(f"view: one of {VIEWS}, got {view!r}")
+    return f"labelmix-{study}-{view}"
+
+
+def runs_view(study: str, view: str, objectives: Any = None, settings: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The state of a runs-table view as MLflow's UI shares it (the JSON of a ``mlflow.sharedViewState.``
+    experiment tag): ``frontier``: the study's frontier trials, cheapest first; ``trials``: all its
+    trials, best first. Both show the mix fractions and ``settings`` (params), the cost and quality
+    metrics, and the ``case`` and ``pareto`` tags as columns."""
+    view_key(study, view)  # a known view
+    (x, x_mode), (y, y_mode) = frontier_axes(objectives)
+    study_filter = f'tags.`{TAG_STUDY}` = "{study}"'
+    if view == "frontier":
+        search, order, ascending = f'{study_filter} and tags.{TAG_PARETO} = "true"', x, x_mode == "min"
+    else:
+        search, order, ascending = f'{study_filter} and tags.`{TAG_TRIAL}` != ""', y, y_mode == "min"
+    params = [c.removeprefix("config/") for c in MIX_COLUMNS] + list(settings)
+    metrics = list(dict.fromkeys([x, y, COST, "cost/reduction", SCORE]))
+    columns = ([f"params.`{p}`" for p in dict.fromkeys(params)] + [f"metrics.`{m}`" for m in metrics]
+               + [f"tags.`{t}`" for t in (TAG_CASE, TAG_PARETO)])
+    return {"searchFilter": search, "orderByKey": f"metrics.`{order}`", "orderByAsc": ascending,
+            "selectedColumns": columns}
+
+
+def experiment_url(uri: str, experiment_id: str) -> Optional[str]:
+    """The experiment's runs table in the MLflow UI, on its model-training side (servers only), with
+    the filter and order its user last left there (the UI keeps them per experiment)."""
+    if urlsplit(uri).scheme.lower() not in ("http", "https"):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{ML_WORKFLOW}"
+
+
+def frontier_runs_url(uri: str, experiment_id: str, study: Optional[str] = None,
+                      objectives: Any = None) -> Optional[str]:
+    """The frontier trials in the runs table (servers only). With ``study``: its shared ``frontier``
+    view (columns included; the experiment tag is written by :class:`MlflowTracking`); without: the
+    filter ``tags.pareto = "true"`` in the URL, sorted cheapest first."""
+    base = experiment_url(uri, experiment_id)
+    if base is None:
+        return None
+    if study is not None:
+        return f"{base}&viewStateShareKey={quote(view_key(study, 'frontier'), safe='')}"
+    (x, x_mode), _ = frontier_axes(objectives)
+    search, order = quote(f'tags.{TAG_PARETO} = "true"', safe=""), quote(f"metrics.`{x}`", safe="")
+    return f"{base}&searchFilter={search}&orderByKey={order}&orderByAsc={str(x_mode == 'min').lower()}"
+
+
+def trials_runs_url(uri: str, experiment_id: str, study: str) -> Optional[str]:
+    """All trials of the study in the runs table, best first (its shared ``trials`` view; servers only)."""
+    base = experiment_url(uri, experiment_id)
+    return None if base is None else f"{base}&viewStateShareKey={quote(view_key(study, 'trials'), safe='')}"
+
+
+def parent_run_url(uri: str, experiment_id: str, run_id: str) -> Optional[str]:
+    """A run's page (the study's parent run: its trials listed as child runs, its artifacts)."""
+    page = run_url(uri, experiment_id, run_id)
+    return None if page is None else f"{page}?{ML_WORKFLOW}"
+
+
+def artifact_url(uri: str, experiment_id: str, run_id: str, path: str) -> Optional[str]:
+    """The run page's artifact viewer on ``path`` (``frontier.html`` is drawn in the page; the server
+    sends a raw artifact only as a download)."""
+    page = run_url(uri, experiment_id, run_id)
+    return None if page is None else f"{page}/artifacts/{quote(path)}?{ML_WORKFLOW}"
+
+
+def _runs_record(study_dir: Path) -> dict:
+    try:
+        record = json.loads((Path(study_dir) / RUNS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def study_links(study_dir: Path, server: Optional[str] = None) -> dict[str, str]:
+    """What to open for a tracked study, from its ``mlflow_runs.json``: ``frontier`` (the frontier
+    trials), ``trials`` (every trial, best first), ``study run`` (the parent run), ``frontier plot``
+    (its ``frontier.html``) and, once ``labelmix report`` wrote ``report.html`` into the folder (it logs
+    it to the parent run too), ``report``. Empty when the study was not tracked or its tracking URI is
+    not a server (a SQLite file: :func:`browse_command` serves it; pass that server as ``server``)."""
+    from labelmix.mlflow_server import split_credentials
+
+    record = _runs_record(study_dir)
+    experiment, parent, study = record.get("experiment_id"), record.get("parent"), record.get("study")
+    uri = server or record.get("uri")
+    if not (uri and experiment and parent and study) or experiment_url(uri, experiment) is None:
+        return {}
+    uri = split_credentials(uri)[0]  # no user name (nor a masked password) in a link
+    links = {
+        "frontier": frontier_runs_url(uri, experiment, study),
+        "trials": trials_runs_url(uri, experiment, study),
+        "study run": parent_run_url(uri, experiment, parent),
+        "frontier plot": artifact_url(uri, experiment, parent, "frontier.html"),
+    }
+    if (Path(study_dir) / "report.html").is_file():
+        links["report"] = artifact_url(uri, experiment, parent, "report.html")
+    return links
+
+
+def browse_command(study_dir: Path, port: int = 5000) -> Optional[str]:
+    """For a study tracked into a SQLite file: the command that serves it in the MLflow UI (its
+    links are then ``study_links(study_dir, server="http://127.0.0.1:<port>")``); None otherwise."""
+    uri = _runs_record(study_dir).get("uri") or ""
+    if not uri.startswith("sqlite:///"):
+        return None
+    state = Path(study_dir).expanduser().resolve() / "mlflow-server"
+    return f"labelmix server start --backend-store-uri {uri} --state-dir {state} --port {port}"
+
+
 # --- the callback --------------------------------------------------------------------------------
 
 
@@ -313,21 +450,26 @@ class MlflowTracking(Callback):
 
     ``config_of(trial)`` gives the trial's decoded config (a nested dict; default: ``trial.config``);
     ``tags`` go on the parent run, and so do the ``objectives`` ((metric, mode) pairs or a spec's
-    ``objectives``; default val/miou max, cost/hours min). ``table_of()`` gives the study's trial table
-    with its ``pareto`` flags (in a study: the results table's ``frame``) for the frontier at the end;
-    without it, the table is built from Tune's trials and flagged on the objectives. ``open()`` creates
-    or finds the parent run; it is called by ``setup`` or the first hook when not called before (call
-    it before Ray starts to fail early).
+    ``objectives``; default val/miou max, cost/hours min). ``tags_of(trial)`` gives tags for its child
+    run (``case``); ``settings`` are the param names the experiment's views show beside the mix
+    fractions (the searched settings). ``table_of()`` gives the study's trial table with its
+    ``pareto`` flags (in a study: the results table's ``frame``) for the frontier at the end; without
+    it, the table is built from Tune's trials and flagged on the objectives. ``open()`` creates or
+    finds the parent run and tags the experiment (:meth:`_tag_experiment`); it is called by ``setup``
+    or the first hook when not called before (call it before Ray starts to fail early).
     """
 
     # Class defaults: a callback that Tune pickled before these attributes existed still restores.
     objectives = DEFAULT_OBJECTIVES
     table_of: Optional[Callable[[], pd.DataFrame]] = None
+    tags_of: Optional[Callable[[Any], Mapping[str, str]]] = None
+    settings: tuple[str, ...] = ()
 
     def __init__(self, uri: str, experiment: str, study_name: str, spec_text: str, tags: Mapping[str, str] | None,
                  study_dir: Path, config_of: Optional[Callable[[Any], Mapping[str, Any]]] = None,
                  flush_s: float = 2.0, objectives: Any = None,
-                 table_of: Optional[Callable[[], pd.DataFrame]] = None) -> None:
+                 table_of: Optional[Callable[[], pd.DataFrame]] = None,
+                 tags_of: Optional[Callable[[Any], Mapping[str, str]]] = None, settings: tuple[str, ...] = ()) -> None:
         self.uri = uri
         self.experiment = experiment
         self.study_name = study_name
@@ -338,6 +480,8 @@ class MlflowTracking(Callback):
         self.flush_s = flush_s
         self.objectives = as_objectives(objectives)
         self.table_of = table_of
+        self.tags_of = tags_of
+        self.settings = tuple(settings)
         self.experiment_id: Optional[str] = None
         self.parent_id: Optional[str] = None
         self.child_ids: dict[str, str] = {}
@@ -376,7 +520,12 @@ class MlflowTracking(Callback):
     @property
     def run_url(self) -> Optional[str]:
         """The study run's page in the MLflow UI (servers only)."""
-        return None if self.parent_id is None else run_url(self.uri, self.experiment_id, self.parent_id)
+        return None if self.parent_id is None else parent_run_url(self.uri, self.experiment_id, self.parent_id)
+
+    @property
+    def frontier_url(self) -> Optional[str]:
+        """The study's frontier trials in the MLflow UI's runs table (servers only)."""
+        return None if self.experiment_id is None else frontier_runs_url(self.uri, self.experiment_id, self.study_name)
 
     def open(self) -> str:
         """Find or create the study's parent run (and its existing children); returns its id."""
@@ -387,6 +536,7 @@ class MlflowTracking(Callback):
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         client = self.client
         self.experiment_id = experiment_id(client, self.experiment, self.uri)
+        self._tag_experiment()
         saved = self._read_runs_file()
         parent = self._saved_parent(saved) or self._search_parent()
         if parent is None:
@@ -403,6 +553,25 @@ class MlflowTracking(Callback):
         self._writer = _Writer(self._apply, self.flush_s)
         self._write_runs_file()
         return self.parent_id
+
+    def _tag_experiment(self) -> None:
+        """A model-training experiment (unless someone chose its kind), and the study's two runs-table
+        views (rewritten when they differ: the columns follow the code). Only the links need them, so a
+        server that refuses (a user without the experiment's edit permission) costs a warning."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            tags = self.client.get_experiment(self.experiment_id).tags
+            if TAG_EXPERIMENT_KIND not in tags:
+                self.client.set_experiment_tag(self.experiment_id, TAG_EXPERIMENT_KIND, TRAINING_KIND)
+            for view in VIEWS:
+                state = json.dumps(runs_view(self.study_name, view, self.objectives, self.settings), sort_keys=True)
+                key = SHARED_VIEW + view_key(self.study_name, view)
+                if tags.get(key) != state:
+                    self.client.set_experiment_tag(self.experiment_id, key, state)
+        except MlflowException as exc:
+            log.warning("MLflow (%s): could not tag experiment %s for the UI's runs views (%s); the study's "
+                        "frontier and trials links will not open their views", self.shown_uri, self.experiment_id, exc)
 
     def _create_parent(self) -> str:
         from labelmix.platform.spec import spec_hash
@@ -474,7 +643,7 @@ class MlflowTracking(Callback):
         started = time.perf_counter()
         self._ensure_open()
         self._started.add(trial.trial_id)
-        self._writer.put(("start", trial.trial_id, param_values(self._config(trial))))
+        self._writer.put(("start", trial.trial_id, param_values(self._config(trial)), self._tags(trial)))
         self.hook_seconds += time.perf_counter() - started
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -541,6 +710,12 @@ class MlflowTracking(Callback):
         return self._writer.flush(timeout_s) if self._writer is not None else True
 
     # ---- the trial (for its params; for the frontier when there is no table_of)
+    def _tags(self, trial) -> dict[str, str]:
+        try:
+            return {str(k): str(v)[:MAX_TAG] for k, v in (self.tags_of(trial) if self.tags_of else {}).items()}
+        except Exception:  # the trial fails validation itself; its params say why
+            return {}
+
     def _config(self, trial) -> dict[str, Any]:
         try:
             return dict(self.config_of(trial) if self.config_of else trial.config)
@@ -609,7 +784,7 @@ class MlflowTracking(Callback):
                     continue
                 write_metrics(trial_id)
                 if kind == "start":
-                    self._start_child(trial_id, record[2])
+                    self._start_child(trial_id, record[2], record[3])
                 elif kind == "end":
                     self._end_child(trial_id, record[2], record[3])
                 self.failures = 0
@@ -634,13 +809,13 @@ class MlflowTracking(Callback):
             log.error("MLflow (%s): %d writes failed in a row; tracking is off for the rest of this study "
                       "(the study folder still has every trial: trials.parquet)", self.shown_uri, self.failures)
 
-    def _start_child(self, trial_id: str, params: Mapping[str, str]) -> None:
-        from mlflow.entities import Param
+    def _start_child(self, trial_id: str, params: Mapping[str, str], tags: Mapping[str, str]) -> None:
+        from mlflow.entities import Param, RunTag
 
         client = self.client
         run_id = self.child_ids.get(trial_id)
         if run_id is None:
-            tags = {TAG_PARENT: self.parent_id, TAG_TRIAL: trial_id, TAG_STUDY: self.study_name}
+            tags = {**tags, TAG_PARENT: self.parent_id, TAG_TRIAL: trial_id, TAG_STUDY: self.study_name}
             run_id = client.create_run(self.experiment_id, tags=tags, run_name=trial_id).info.run_id
             self.child_ids[trial_id] = run_id
             self._known_params[trial_id] = set()
@@ -653,6 +828,9 @@ class MlflowTracking(Callback):
             if error:  # a run that finishes after a retry must not read as failed
                 client.set_tag(run_id, "labelmix.previous_error", error)
                 client.delete_tag(run_id, TAG_ERROR)
+            changed = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
+            if changed:  # e.g. a run from before the tag
+                client.log_batch(run_id, tags=changed)
         known = self._known_params[trial_id]
         new = [Param(k, v) for k, v in params.items() if k not in known]  # params are write-once
         for chunk in _chunks(new, BATCH_PARAMS):
@@ -678,11 +856,21 @@ def study_tracking(spec: Any, source_text: str, directory: Path, cli_uri: Option
     uri = resolve_tracking_uri(cli_uri, spec, directory)
     check_reachable(uri)
     uri = use_credentials(uri)
+    settings = tuple(a.name for a in spec.searched if a.name != "cases")
     tracking = MlflowTracking(uri, spec.tracking.experiment or spec.name, spec.name, source_text, tags, directory,
-                              config_of=partial(decoded_config, spec), objectives=spec.objectives, table_of=table_of)
+                              config_of=partial(decoded_config, spec), objectives=spec.objectives, table_of=table_of,
+                              tags_of=partial(trial_tags, spec), settings=settings)
     tracking.open()
     print(f"[{spec.name}] MLflow: {tracking.run_url or tracking.shown_uri} (experiment {tracking.experiment!r})", flush=True)
     return tracking
+
+
+def trial_tags(spec: Any, trial) -> dict[str, str]:
+    """The child run's tags from the spec: ``case`` when the space has cases."""
+    from labelmix.platform.space import case_name
+
+    name = case_name(spec, trial.config)
+    return {} if name is None else {TAG_CASE: name}
 
 
 def decoded_config(spec: Any, trial) -> dict[str, Any]:
