@@ -43,8 +43,8 @@ def test_builtin_smoke_spec_validates_and_is_small(name):
 def test_builtin_shapes():
     quick, _ = load_spec("quickstart")
     assert len(quick.objectives) == 2 and quick.search.algorithm == "tpe" and quick.search.concurrency == 2
-    # Sized to segment in 3 minutes on 2 cores: 400 steps of a small U-Net, the full-mask reference beside it.
-    assert quick.fixed["epochs"] * quick.fixed["steps_per_epoch"] == 400 and quick.fixed["unet_base_channels"] == 8
+    # Sized to segment in 3 minutes on 2 cores: 800 steps of a small U-Net at 64x64, the full-mask reference beside it.
+    assert quick.fixed["epochs"] * quick.fixed["steps_per_epoch"] == 800 and quick.fixed["unet_base_channels"] == 8
     assert quick.reference_case == {"name": "all masks", "mix": {"full": 1.0, "box": 0.0, "global": 0.0, "none": 0.0}}
     assert quick.total_trials == 7
     ablation, _ = load_spec("paper-ablation")

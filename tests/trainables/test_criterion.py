@@ -42,7 +42,7 @@ def _terms(**fields):
 
 def test_student_sees_a_strong_view_of_weak_images_and_the_teacher_the_weak_one():
     batch = _batch()
-    terms, student_in, teacher_in = _terms()
+    terms, student_in, teacher_in = _terms(strong_augment=True)
     assert torch.equal(teacher_in, batch.images[1:])  # the teacher: the weak (as batched) view
     assert torch.equal(student_in[0], batch.images[0])  # a fully labelled image is left as it is
     assert not torch.allclose(student_in[1:], batch.images[1:], atol=1e-3)  # the views differ ...
@@ -62,7 +62,7 @@ def test_without_strong_augment_both_see_the_same_view():
 def test_images_without_a_loss_keep_the_weak_view():
     torch.manual_seed(0)
     student, teacher = Recorder(), Recorder()
-    criterion = build_criterion(load_config({"ds_depth": 0}), 4, 0, torch.device("cpu"))
+    criterion = build_criterion(load_config({"ds_depth": 0, "strong_augment": True}), 4, 0, torch.device("cpu"))
     batch = _batch()
     criterion.terms(student, teacher, batch, pseudo_weight=0.0)  # "5% alone": unlabeled images carry no loss
     seen = student.seen[0]
