@@ -48,12 +48,12 @@ def main() -> None:
 
     from labelmix.platform.spec import parse_spec
     from labelmix.platform.study import run_study
+    from labelmix.trainables.data.synth import SynthSettings
     from labelmix.trainables.data.synth_store import synthetic_store
-    from labelmix.trainables.config import SyntheticData
 
     with tempfile.TemporaryDirectory() as tmp:
         values = trial_values(args, str(Path(tmp) / "cache"))
-        store = synthetic_store(SyntheticData(**values["dataset"]["synthetic"]), Path(tmp) / "cache")
+        store = synthetic_store(SynthSettings(**values["dataset"]["synthetic"]), Path(tmp) / "cache")
         values["dataset"] = {"path": str(store)}
 
         t0 = time.perf_counter()

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from labelmix.errors import UserError
+from labelmix.errors import UserError, validated
 
 EXIT_USAGE = 2
 
@@ -40,7 +40,7 @@ def cmd_data_synth(args) -> int:
 
     height, width = _size(args.size)
     counts = {k: v for k, v in (("volumes", args.volumes), ("slices", args.slices)) if v is not None}
-    settings = SynthSettings(height=height, width=width, seed=args.seed, **counts)
+    settings = validated(SynthSettings, {"height": height, "width": width, "seed": args.seed, **counts})
     summary = write_synthetic_store(settings, Path(args.out), _split_fractions(args.split), args.split_seed)
     print(f"wrote {summary.images} images to {summary.path} (fingerprint {summary.fingerprint[:12]})")
     return 0
@@ -122,13 +122,14 @@ def cmd_train(args) -> int:
     from tqdm import tqdm
 
     from labelmix.trainables.config import load_config
-    from labelmix.trainables.fit import fit
+    from labelmix.trainables.fit import build_run, train
 
     path = Path(args.config)
     config = load_config(apply_overrides(read_yaml(path), args.set), source=str(path))
     out = Path(args.out or Path("runs") / path.stem)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.model_dump_json(indent=2, by_alias=True))
+    run = build_run(config)  # the store read and checked before the bar, so a refusal prints one line
     bar = tqdm(total=config.epochs, desc="epochs", unit="epoch", dynamic_ncols=True)
     history = (out / "metrics.jsonl").open("a")
 
@@ -145,7 +146,7 @@ def cmd_train(args) -> int:
         bar.set_postfix({"loss": f"{metrics.get('train/loss', float('nan')):.3f}", "val mIoU": f"{metrics.get('val/miou', float('nan')):.3f}"})
         bar.refresh()
 
-    final = fit(config, report, resume_from=args.resume)
+    final = train(run, report, resume_from=args.resume)
     bar.close()
     history.close()
     (out / "final_metrics.json").write_text(json.dumps(final, indent=2, sort_keys=True))

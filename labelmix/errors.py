@@ -17,15 +17,16 @@ class UserError(Exception):
 
 
 def validated(model_cls, data, prefix: str = "", source: str = ""):
-    """Build a pydantic model, turning a ValidationError into one UserError naming every field path.
+    """Build a pydantic model (or pydantic dataclass), turning a ValidationError into one UserError
+    naming every field path.
 
     ``prefix`` is prepended to each field path (a section such as ``fixed``); ``source`` (a file
     name) starts the message. Several problems are joined on one line with "; ".
     """
-    from pydantic import ValidationError
+    from pydantic import TypeAdapter, ValidationError
 
     try:
-        return model_cls.model_validate(data)
+        return TypeAdapter(model_cls).validate_python(data)
     except ValidationError as exc:
         problems = []
         for loc, message in _problems(model_cls, data, exc.errors()):
@@ -45,7 +46,7 @@ def _problems(model_cls, data, errors: list[dict]) -> list[tuple[tuple, str]]:
     for error in errors:
         loc = tuple(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
+        if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # a model's, a dataclass's
             allowed = ", ".join(sorted(model_cls_fields(model_cls, loc[:-1])))
             out.append((loc, f"unknown key; allowed here: {allowed}"))
             continue
@@ -61,6 +62,7 @@ def _problems(model_cls, data, errors: list[dict]) -> list[tuple[tuple, str]]:
                 continue
             union_at[parent] = len(out)
             loc = parent
+        shown = shown and not message.endswith(f"got {error['input']!r}")  # the message names the value itself
         out.append((loc, f"{message} (got {error['input']!r})" if shown else message))
     return out
 
@@ -82,18 +84,22 @@ def _at(data: Any, loc: tuple) -> Any:
 
 
 def model_cls_fields(model_cls, loc) -> list[str]:
-    """Field names of the (nested) pydantic model at loc, for 'allowed keys' hints."""
+    """Field names of the (nested) pydantic model or dataclass at loc, for 'allowed keys' hints."""
     cls = model_cls
     for part in loc:
-        field = getattr(cls, "model_fields", {}).get(part)
+        field = _fields(cls).get(part)
         if field is None:
             return []
         annotation = field.annotation
         candidates = [annotation, *getattr(annotation, "__args__", ())]
-        cls = next((c for c in candidates if hasattr(c, "model_fields")), None)
+        cls = next((c for c in candidates if _fields(c)), None)
         if cls is None:
             return []
-    return [f.alias or name for name, f in getattr(cls, "model_fields", {}).items()]
+    return [f.alias or name for name, f in _fields(cls).items()]
+
+
+def _fields(cls) -> dict:
+    return getattr(cls, "__pydantic_fields__", None) or {}
 
 
 # --- YAML ----------------------------------------------------------------------------------------

@@ -1,8 +1,72 @@
-"""Fixtures shared across the test folders: free ports, a real MLflow server, a throwaway PostgreSQL."""
+"""Shared across the test folders: the tiny study, `labelmix` as a separate process, free ports, a
+real MLflow server, a throwaway PostgreSQL, a local Ray.
 
+Tests that start a server or a Ray (the ``mlflow_server``, ``postgres_uri`` and ``local_ray``
+fixtures) take seconds each on 2 cores: they are marked ``slow`` here, wherever they are, so that
+``pytest -m "not slow"`` is the quick suite. Helpers are plain functions: ``from tests.conftest
+import cli, write_spec, TINY_STUDY``.
+"""
+
+from __future__ import annotations
+
+import copy
 import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Mapping
 
 import pytest
+import yaml
+
+# The integration tests' study: 5 synthetic volumes of 4 64x64 B-scans, the tiny timm ResNet, 2 epochs
+# of 2 steps, 4 trials 2 at a time; a trial takes a few seconds on one core. Tests change what
+# they need at the top level ({**TINY_STUDY, "search": {...}}) or with write_spec's keywords.
+TINY_STUDY: dict[str, Any] = {
+    "name": "tiny",
+    "dataset": {"synthetic": {"volumes": 5, "slices": 4, "height": 64, "width": 64, "seed": 3}},
+    "objectives": [{"metric": "val/miou", "mode": "max"}, {"metric": "cost/hours", "mode": "min"}],
+    "space": {
+        "mix": {"full": {"uniform": [0.1, 1.0]}, "box": {"uniform": [0, 1]}, "none": {"uniform": [0, 1]}},
+        "ema_decay": {"loguniform": [0.9, 0.999]},
+    },
+    "fixed": {"encoder": "test_resnet", "epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "threads": 1},
+    "search": {"algorithm": "tpe", "trials": 4, "concurrency": 2, "seed": 0},
+    "scheduler": {"type": "none"},
+}
+
+
+def write_spec(tmp_path: Path, spec: Mapping[str, Any] = TINY_STUDY, **changes: Any) -> Path:
+    """``spec`` with top-level ``changes`` and its studies under ``tmp_path/studies``, written to
+    ``tmp_path/spec.yaml``."""
+    data = {**copy.deepcopy(dict(spec)), **changes, "storage": {"path": str(tmp_path / "studies")}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def cli(*args: str, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess:
+    """``labelmix ARGS`` as a user runs it: a process of its own (``python -m labelmix.cli``), its
+    output captured as text; ``kwargs`` go to subprocess.run (cwd, env). A process pays the imports
+    (torch, Ray, MLflow: 3-10 s on 2 cores), so tests that only need the exit status and the
+    message call ``labelmix.cli.main([...])`` in the test's process instead."""
+    return subprocess.run([sys.executable, "-m", "labelmix.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+# --- slow fixtures are slow tests -----------------------------------------------------------------
+
+SLOW_FIXTURES = ("mlflow_server", "postgres_uri", "local_ray")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in SLOW_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+
+
+# --- ports, servers, Ray --------------------------------------------------------------------------
 
 
 def _free_port() -> int:
@@ -44,3 +108,20 @@ def postgres_uri():
         pytest.skip(reason)
     with temporary_postgres(_free_port()) as uri:
         yield uri
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """A Ray of 2 CPUs started in this process for one test module (5-15 s on 2 cores), never one
+    already running on the machine; its workers cache dataset stores in ``store_cache``."""
+    import ray
+
+    if ray.is_initialized():
+        raise RuntimeError("local_ray: a Ray is already initialised in this process")
+    cache = tmp_path_factory.mktemp("store-cache")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"LABELMIX_STORE_CACHE": str(cache)}})
+    try:
+        yield SimpleNamespace(store_cache=cache)
+    finally:
+        ray.shutdown()

@@ -8,6 +8,7 @@ decodes Tune's sampled values into it, and ``StudySpec`` checks it at load time.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import TYPE_CHECKING, Any, Mapping
 
 from labelmix.errors import UserError
@@ -32,10 +33,10 @@ def base_config(spec: StudySpec, values: Mapping[str, Any] | None = None) -> dic
     mix_seed = _mix_seed(spec, values or {})
     config = copy.deepcopy(dict(spec.fixed))
     config["dataset"] = spec.dataset.model_dump(exclude_none=True)
-    config["cost"] = spec.cost.model_dump()
+    config["cost"] = dataclasses.asdict(spec.cost)
     mix = config.get("mix")
     if isinstance(mix, Mapping):
-        # Missing types are 0 here as in space.mix (MixConfig alone would default full to 1).
+        # Missing types are 0 here as in space.mix (AnnotationMix alone would default full to 1).
         config["mix"] = {**{t: 0.0 for t in ANNOTATION_TYPES}, "seed": mix_seed, **mix}
     elif mix is None:
         config["mix"] = {"full": 1.0, "seed": mix_seed}

@@ -192,17 +192,8 @@ def parse_mix(raw: Any, path: str) -> list[Axis]:
             raise UserError(f"{path}: give one of choice or grid, not both")
         kind = keys[0]
         dist = validated(_DISTRIBUTION_MODELS[kind], dict(raw), prefix=path)
-        options = []
-        for i, mix in enumerate(getattr(dist, kind)):
-            where = f"{path}.{kind}.{i}"
-            if not isinstance(mix, Mapping):
-                raise UserError(f"{where}: a complete mix is a mapping such as {{full: 0.06, none: 0.94}}, got {mix!r}")
-            try:
-                options.append(AnnotationMix.from_mapping(mix).as_dict())
-            except UserError as exc:  # "mix.full: ..." / "mix: ..." -> "<where>.full: ..." / "<where>: ..."
-                raise UserError(f"{where}{str(exc).removeprefix('mix')}") from None
-            except (TypeError, ValueError):
-                raise UserError(f"{where}: mix fractions must be numbers, got {dict(mix)!r}") from None
+        mixes = getattr(dist, kind)
+        options = [AnnotationMix.from_mapping(mix, f"{path}.{kind}.{i}").as_dict() for i, mix in enumerate(mixes)]
         return [Axis("mix", kind, tuple(options))]
 
     for key in keys:
@@ -252,15 +243,7 @@ def parse_case(case: Any, where: str, default_name: str, taken: set[str] = froze
         if key in taken:
             raise UserError(f"{where}.{key}: also set in fixed or space; a field is set in one place")
     if "mix" in fields:
-        mix = fields["mix"]
-        if not isinstance(mix, Mapping):
-            raise UserError(f"{where}.mix: a complete mix is a mapping such as {{full: 0.06, none: 0.94}}, got {mix!r}")
-        try:
-            fields["mix"] = AnnotationMix.from_mapping(mix).as_dict()
-        except UserError as exc:
-            raise UserError(f"{where}.{exc}") from None
-        except (TypeError, ValueError):
-            raise UserError(f"{where}.mix: mix fractions must be numbers, got {dict(mix)!r}") from None
+        fields["mix"] = AnnotationMix.from_mapping(fields["mix"], f"{where}.mix").as_dict()
     return {"name": name, **fields}
 
 

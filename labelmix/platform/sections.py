@@ -7,7 +7,7 @@ sections is checked by ``StudySpec`` (labelmix.platform.spec).
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -35,8 +35,11 @@ OBJECTIVE_METRICS: dict[str, str] = {
     "val/mdice": "max",
     "cost/reduction": "max",
 }
-ALGORITHMS = ("tpe", "nsga2", "random", "grid")
-SCHEDULERS = ("none", "asha", "pareto_asha")
+# Allowed values: each Literal is the one list, the tuple is read from it.
+Algorithm = Literal["tpe", "nsga2", "random", "grid"]
+SchedulerType = Literal["none", "asha", "pareto_asha"]
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
+SCHEDULERS: tuple[str, ...] = get_args(SchedulerType)
 # Budgets beyond these are typos (1e30 trials), not studies: refused with the limit in the message.
 MAX_TRIALS = 100_000
 MAX_EPOCHS = 10_000
@@ -51,7 +54,7 @@ class Strict(BaseModel):
 
 
 class Objective(Strict):
-    metric: Literal["val/miou", "cost/hours", "val/miou_bg", "val/mdice", "cost/reduction"]
+    metric: Literal[tuple(OBJECTIVE_METRICS)]  # the keys above, in their order
     mode: Optional[Literal["max", "min"]] = None  # None: the metric's natural direction
 
     @model_validator(mode="after")
@@ -74,7 +77,7 @@ def _at_most(limit: int):
 
 
 class SearchConfig(Strict):
-    algorithm: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    algorithm: Algorithm = "tpe"
     trials: Optional[int] = Field(None, ge=1, le=MAX_TRIALS)  # required, except for grid (default: the grid size)
     concurrency: int = Field(1, ge=1, le=MAX_CONCURRENCY)  # and at most trials
     seed: int = 0
@@ -86,7 +89,7 @@ class SearchConfig(Strict):
 
 
 class SchedulerConfig(Strict):
-    type: Literal["none", "asha", "pareto_asha"] = "none"
+    type: SchedulerType = "none"
     max_epochs: Optional[int] = Field(None, ge=1, le=MAX_EPOCHS)  # filled from fixed.epochs (they must agree)
     grace_period: int = Field(1, ge=1, le=MAX_EPOCHS)
 

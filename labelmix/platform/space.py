@@ -133,6 +133,5 @@ def case_name(spec: StudySpec, sampled: Mapping[str, Any]) -> str | None:
 def mix_of(config: Mapping[str, Any] | TrainConfig) -> AnnotationMix:
     """The annotation mix of a trial config (a ``trial_config`` dict or a TrainConfig)."""
     if isinstance(config, TrainConfig):
-        return config.mix.annotation_mix()
-    mix = {k: v for k, v in dict(config.get("mix") or {}).items() if k != "seed"}
-    return AnnotationMix.from_mapping(mix) if mix else AnnotationMix()
+        return config.mix
+    return AnnotationMix(**(config.get("mix") or {}))

@@ -33,7 +33,9 @@ from labelmix.platform.sections import (ALGORITHMS, OBJECTIVE_METRICS, SCHEDULER
                                         ResourcesConfig, SchedulerConfig, SearchConfig, SmokeConfig, StorageConfig,
                                         Strict, TrackingConfig)
 from labelmix.platform.trial_checks import check_network, check_trial_configs, refuse_non_finite
-from labelmix.trainables.config import CostConfig, DataConfig, SyntheticData, TrainConfig, load_config
+from labelmix.trainables.config import DataConfig, TrainConfig, load_config
+from labelmix.trainables.data.annotations import CostModel
+from labelmix.trainables.data.synth import SynthSettings
 
 __all__ = [
     "ALGORITHMS",
@@ -62,8 +64,8 @@ def _set(model: BaseModel, name: str, value: Any) -> None:
 class StudySpec(Strict):
     name: str = Field(pattern=r"^[a-z0-9_-]+$")
     description: str = ""
-    dataset: DataConfig = DataConfig(synthetic=SyntheticData())
-    cost: CostConfig = CostConfig()
+    dataset: DataConfig = DataConfig(synthetic=SynthSettings())
+    cost: CostModel = CostModel()
     objectives: tuple[Objective, ...]  # 1 or 2
     space: dict[str, Any]
     fixed: dict[str, Any] = {}

@@ -39,7 +39,7 @@ from labelmix.platform.space import optuna_grid, reference_point, tune_param_spa
 from labelmix.platform.spec import StudySpec, load_spec
 from labelmix.platform.tracking import study_tracking
 from labelmix.platform.trainable import DatasetSource, run_trial
-from labelmix.trainables.data.store import read_metadata
+from labelmix.trainables.data.store import read_metadata, verify_store
 from labelmix.trainables.data.synth_store import synthetic_store
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 SPEC_FILE = "spec.yaml"
 STORE_FILE = "data.parquet"
 MIRROR_ENV = "LABELMIX_MIRROR_DIR"
+# Free space a local study folder needs before anything starts: its MLflow store, the synthetic
+# dataset and the first checkpoints. A floor that catches a full disk, not a forecast of the study.
+MIN_FREE_MB = 64
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,32 @@ def build_tuner(spec: StudySpec, folder: StudyFolder | Path, callbacks: list, re
     )
 
 
+def check_free_space(directory: Path, minimum_mb: int = MIN_FREE_MB) -> None:
+    """A local study folder (or the nearest folder above it that exists) must have ``minimum_mb`` free."""
+    existing = Path(directory)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    stats = os.statvfs(existing)
+    free_mb = stats.f_bavail * stats.f_frsize / 2**20
+    if free_mb < minimum_mb:
+        raise UserError(f"storage.path: {directory}: only {free_mb:.1f} MiB free on the filesystem of {existing}; "
+                        f"a study needs at least {minimum_mb} MiB there (its MLflow store, dataset and "
+                        "checkpoints); free some space or choose another storage.path")
+
+
+def check_before_start(spec: StudySpec, folder: StudyFolder) -> None:
+    """What is only known by looking at the disk, checked before Ray starts and before anything is
+    written: room for the study folder, and a dataset store whose content still matches its fingerprint."""
+    if not folder.remote:
+        check_free_space(folder.local)
+    path = spec.dataset.path
+    if path is not None and not scheme_of(path) and Path(path).is_file():
+        try:
+            verify_store(path)
+        except UserError as exc:
+            raise UserError(f"dataset.path: {exc}") from None
+
+
 def start_ray(address: Optional[str], spec: StudySpec) -> None:
     """Attach to the cluster at ``address`` (auto, HOST:PORT), or start a local Ray in this process."""
     if ray.is_initialized():
@@ -340,6 +369,7 @@ def run_study(spec: StudySpec, source_text: str, address: Optional[str] = None, 
             f"{folder.location}: a study named {spec.name!r} already exists there; `labelmix resume "
             f"{folder.location}` continues it, or change `name` / `storage.path`"
         )
+    check_before_start(spec, folder)
     start_ray(address, spec)
     if address:  # a local Ray is one node; an attached cluster may spread trials over many
         check_storage(spec.storage.path, cluster_shape(spec.resources.cpus, spec.resources.gpus))

@@ -11,8 +11,6 @@ import functools
 import math
 from typing import TYPE_CHECKING, Any, Mapping
 
-from pydantic import BaseModel
-
 from labelmix.errors import UserError
 from labelmix.platform.assembly import assemble_config, base_config
 from labelmix.platform.axes import SECTION_FIELDS
@@ -127,11 +125,11 @@ def _load_trial(config: Mapping[str, Any], prefix: str, fields) -> TrainConfig:
     """load_config, then the limits of the given fields: finite numbers (a string "inf" parses to
     one), and at most MAX_EPOCHS epochs."""
     trial = load_config(config, prefix=prefix)
+    values = trial.model_dump(by_alias=True)
     for name in fields:
         if name in SECTION_FIELDS or name not in TrainConfig.model_fields:
             continue
-        value = getattr(trial, name)
-        refuse_non_finite(value.model_dump(by_alias=True) if isinstance(value, BaseModel) else value, f"{prefix}.{name}")
+        refuse_non_finite(values[name], f"{prefix}.{name}")
     if "epochs" in fields and trial.epochs > MAX_EPOCHS:
         raise UserError(f"{prefix}.epochs: {trial.epochs} is more than the limit of {MAX_EPOCHS} epochs")
     return trial

@@ -92,6 +92,8 @@ def batch_indices(types: np.ndarray, batch_size: int, steps: int, full_per_batch
 def _cycled(pool: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     """count items from pool: successive shuffled passes, so each item is seen once per pass."""
     passes = -(-count // len(pool))
+    if passes == 0:  # no slot left for this pool (full_per_batch >= batch_size): nothing to concatenate
+        return pool[:0]
     return np.concatenate([rng.permutation(pool) for _ in range(passes)])[:count]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -16,28 +16,19 @@ from labelmix.errors import validated
 from labelmix.trainables.data.annotations import AnnotationMix, CostModel
 from labelmix.trainables.data.synth import SynthSettings
 
-DS_TYPES = ("none", "standard", "multi_label")
+DsType = Literal["none", "standard", "multi_label"]  # deep supervision; the one list of its kinds
+DS_TYPES: tuple[str, ...] = get_args(DsType)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SyntheticData(_Strict):
-    """The built-in synthetic OCT generator (METHOD.md, "What a real B-scan looks like")."""
-
-    volumes: int = Field(SynthSettings.volumes, ge=1)
-    slices: int = Field(SynthSettings.slices, ge=1)
-    height: int = Field(128, ge=32)
-    width: int = Field(128, ge=32)
-    seed: int = 0
-
-
 class DataConfig(_Strict):
     """A store path, or the synthetic generator (generated once into the cache folder)."""
 
     path: Optional[str] = None
-    synthetic: Optional[SyntheticData] = None
+    synthetic: Optional[SynthSettings] = None  # METHOD.md, "What a real B-scan looks like"
     max_train_images: Optional[int] = Field(None, ge=1)  # keep the first N training images (smoke runs)
     max_eval_images: Optional[int] = Field(None, ge=1)
 
@@ -48,40 +39,11 @@ class DataConfig(_Strict):
         return self
 
 
-class MixConfig(_Strict):
-    full: float = Field(1.0, ge=0, le=1)
-    box: float = Field(0.0, ge=0, le=1)
-    global_: float = Field(0.0, ge=0, le=1, alias="global")
-    none: float = Field(0.0, ge=0, le=1)
-    seed: int = 0
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @model_validator(mode="after")
-    def _simplex(self):
-        total = self.full + self.box + self.global_ + self.none
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"full+box+global+none must sum to 1, got {total:.6g}")
-        return self
-
-    def annotation_mix(self) -> AnnotationMix:
-        return AnnotationMix(self.full, self.box, self.global_, self.none)
-
-
-class CostConfig(_Strict):
-    full_seconds: float = Field(240.0, ge=0)
-    box_seconds: float = Field(7.0, ge=0)
-    global_seconds: float = Field(1.0, ge=0)
-
-    def cost_model(self) -> CostModel:
-        return CostModel(self.full_seconds, self.box_seconds, self.global_seconds)
-
-
 class TrainConfig(_Strict):
     # data and annotation
-    dataset: DataConfig = DataConfig(synthetic=SyntheticData())
-    mix: MixConfig = MixConfig()
-    cost: CostConfig = CostConfig()
+    dataset: DataConfig = DataConfig(synthetic=SynthSettings())
+    mix: AnnotationMix = AnnotationMix()  # fractions per annotation type and the seed that assigns them
+    cost: CostModel = CostModel()
     # network
     encoder: str = "resnet18"  # any timm name with features_only, or "unet"
     pretrained: bool = False  # weights from the timm hub: off by default (no hub access here)
@@ -90,7 +52,7 @@ class TrainConfig(_Strict):
     unet_base_channels: int = Field(64, ge=1)  # first block width of encoder "unet" (64 in the authors' code)
     normalize_input: bool = True  # the model standardises images with the training images' mean and std
     # deep supervision (METHOD.md "Losses")
-    ds_type: Literal["none", "standard", "multi_label"] = "multi_label"
+    ds_type: DsType = "multi_label"
     ds_depth: int | Literal["max"] = "max"  # supervised decoder levels from the full-resolution end
     ds_weight: float = Field(0.2, ge=0)  # lambda_ds; 0.2: at 1.0 the DS terms slowed the main head (docs/RESULTS.md)
     ds_level_weights: Optional[tuple[float, ...]] = None  # coarsest first; None: all 1 (global and box terms use them too)

@@ -136,8 +136,8 @@ def plan_annotations(config: TrainConfig, store: ImageStore) -> tuple[ImageStore
     train_store = limit(store.split("train"), config.dataset.max_train_images)
     if len(train_store) == 0:
         raise UserError("dataset: the store has no training images")
-    types = assign_mix(len(train_store), config.mix.annotation_mix(), config.mix.seed)
-    return train_store, types, mix_cost(types, train_store.box_counts, store.num_classes, config.cost.cost_model())
+    types = assign_mix(len(train_store), config.mix, config.mix.seed)
+    return train_store, types, mix_cost(types, train_store.box_counts, store.num_classes, config.cost)
 
 
 def train_epoch(run: Run, epoch: int, total_steps: int) -> dict[str, float]:

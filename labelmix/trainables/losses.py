@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from labelmix.errors import UserError
+from labelmix.trainables.config import DS_TYPES
 
 IGNORE = 255
-DS_KINDS = ("none", "standard", "multi_label")
 
 
 def _check_weights(level_logits: Sequence[Tensor], weights: Sequence[float]) -> None:
@@ -72,9 +72,6 @@ def cross_entropy(logits: Tensor, mask: Tensor, weight: Tensor | None = None) ->
         weight = weight.to(device=logits.device, dtype=logits.dtype)
     total = F.cross_entropy(logits, mask, weight=weight, ignore_index=IGNORE, reduction="sum")
     return total / (mask != IGNORE).sum().clamp(min=1)
-
-
-NEGATIVE_RULES = ("all_labelled", "any_labelled")
 
 
 def _multilabel_level(logits: Tensor, onehot: Tensor, valid: Tensor | None, negative_rule: str) -> Tensor:
@@ -137,7 +134,7 @@ def ds_loss(
         return standard_ds_loss(level_logits, mask, weights)
     if kind == "none":
         return mask.new_zeros((), dtype=torch.float32)
-    raise UserError(f"ds_kind: unknown deep supervision {kind!r}; allowed: {', '.join(DS_KINDS)}")
+    raise UserError(f"ds_kind: unknown deep supervision {kind!r}; allowed: {', '.join(DS_TYPES)}")
 
 
 def global_loss(level_logits: Sequence[Tensor], global_labels: Tensor, weights: Sequence[float]) -> Tensor:

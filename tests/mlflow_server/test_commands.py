@@ -1,16 +1,15 @@
 """`labelmix server start|status|stop` as a user runs it: a separate process per command."""
 
-import subprocess
-import sys
 import urllib.request
 
 import pytest
 
 from labelmix.mlflow_server import stop
+from tests.conftest import cli
 
 
-def labelmix(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "labelmix.cli", *args], capture_output=True, text=True, timeout=timeout)
+def labelmix(*args):
+    return cli(*args, timeout=120)
 
 
 @pytest.fixture
@@ -20,6 +19,7 @@ def state_dir(tmp_path):
     stop(path)  # never leave a server behind, whatever the test did
 
 
+@pytest.mark.slow  # starts a server: 5-15 s on 2 cores
 def test_start_status_stop(state_dir, free_port):
     where = ("--state-dir", str(state_dir))
     result = labelmix("server", "status", *where)

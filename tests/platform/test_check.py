@@ -9,8 +9,6 @@ case writes its study folders to {tmp}/studies, which must not appear.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import pytest
 import yaml
 
 from labelmix.cli import main
+from tests.conftest import cli
 from tests.platform.test_spec import DELETE, VALID, spec_with
 
 INF, NAN = math.inf, math.nan
@@ -111,7 +110,8 @@ CASES = [
     ("a-scalar", "42\n", "a study spec is a YAML mapping (name:, space:, ...), got int"),
     ("empty-file", "", "a study spec is a YAML mapping (name:, space:, ...), got an empty document"),
 ]
-# These also run as real `labelmix check` processes (the rest through main(), in this process).
+# These also run as real `labelmix check` processes (slow: a process pays the imports); every case
+# runs through main(), in this process.
 SUBPROCESS = {"duplicate-key", "lr-inf", "unknown-encoder", "storage-proc", "dataset-text-file", "every-problem-named"}
 
 
@@ -155,24 +155,37 @@ def _files(*folders: Path) -> set[str]:
     return {str(p) for folder in folders for p in folder.rglob("*")}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_check_refuses(case, tmp_path, data_dir, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def _refuses(case, tmp_path, data_dir, run) -> None:
     path, message = _spec_file(tmp_path, data_dir, case)
     before = _files(tmp_path, data_dir)
-    if case[0] in SUBPROCESS:
-        proc = subprocess.run([sys.executable, "-m", "labelmix.cli", "check", str(path)],
-                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        status, out, err = proc.returncode, proc.stdout, proc.stderr
-    else:
-        status = main(["check", str(path)])
-        out, err = capsys.readouterr()
+    status, out, err = run(path)
     assert status == 2, out + err
     assert "Traceback" not in out + err
     assert err.startswith(f"labelmix: error: {path}: ") and err.count("\n") == 1, err
     assert message in err, err
     assert _files(tmp_path, data_dir) == before  # nothing created: no study folder, no cache
     assert not (tmp_path / "studies").exists()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_check_refuses(case, tmp_path, data_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def in_this_process(path):
+        status = main(["check", str(path)])
+        return (status, *capsys.readouterr())
+
+    _refuses(case, tmp_path, data_dir, in_this_process)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in SUBPROCESS], ids=[c[0] for c in CASES if c[0] in SUBPROCESS])
+def test_check_refuses_as_its_own_process(case, tmp_path, data_dir):
+    def as_a_process(path):
+        proc = cli("check", str(path), timeout=120, cwd=tmp_path)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    _refuses(case, tmp_path, data_dir, as_a_process)
 
 
 def test_the_valid_spec_and_every_builtin_pass(tmp_path, capsys, monkeypatch):

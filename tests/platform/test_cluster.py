@@ -30,18 +30,18 @@ import yaml
 from labelmix.errors import UserError
 from labelmix.platform import cluster
 from labelmix.platform.cluster import ClusterShape
+from tests.conftest import TINY_STUDY, cli, write_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_FILES = ["cluster.yaml", "cluster.local.yaml"]
 
+# The tiny study, one epoch, random search, the mix alone searched.
 SPEC = {
+    **TINY_STUDY,
     "name": "nodes",
-    "dataset": {"synthetic": {"volumes": 5, "slices": 4, "height": 64, "width": 64, "seed": 3}},
-    "objectives": [{"metric": "val/miou", "mode": "max"}, {"metric": "cost/hours", "mode": "min"}],
-    "space": {"mix": {"full": {"uniform": [0.1, 1.0]}, "box": {"uniform": [0, 1]}, "none": {"uniform": [0, 1]}}},
-    "fixed": {"encoder": "test_resnet", "epochs": 1, "batch_size": 4, "steps_per_epoch": 2, "threads": 1},
-    "search": {"algorithm": "random", "trials": 4, "concurrency": 2, "seed": 0},
-    "scheduler": {"type": "none"},
+    "space": {"mix": TINY_STUDY["space"]["mix"]},
+    "fixed": {**TINY_STUDY["fixed"], "epochs": 1},
+    "search": {**TINY_STUDY["search"], "algorithm": "random"},
 }
 
 
@@ -405,18 +405,6 @@ def ray_cluster(tmp_path):
     assert not left, f"Ray processes left running: {left}"
 
 
-def _cli(*args, env, cwd, timeout=600):
-    return subprocess.run([sys.executable, "-m", "labelmix.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout)
-
-
-def _write_spec(tmp_path: Path, **changes) -> Path:
-    spec = {**SPEC, **changes, "storage": {"path": str(tmp_path / "studies")}}
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 def _trial_results(study: Path) -> dict[str, list[dict]]:
     """Tune's result.json of every trial folder: trial id -> the reported results, one per epoch."""
     out = {}
@@ -435,17 +423,17 @@ def test_a_study_spreads_over_two_nodes(tmp_path, ray_cluster):
                          env=ray_cluster.env(LABELMIX_STORE_CACHE=str(caches["second"])))
     # Trials long enough (a few seconds) that the second node's trial actor, slower to start than a
     # one-second trial, gets trials of its own instead of the head's reused actor running them all.
-    spec = _write_spec(tmp_path, fixed={**SPEC["fixed"], "epochs": 2, "steps_per_epoch": 12})
+    spec = write_spec(tmp_path, SPEC, fixed={**SPEC["fixed"], "epochs": 2, "steps_per_epoch": 12})
 
     # Two nodes and a study folder on this machine's disk: refused before anything is written.
-    refused = _cli("submit", str(spec), "--address", address, env=ray_cluster.env(), cwd=tmp_path, timeout=300)
+    refused = cli("submit", str(spec), "--address", address, env=ray_cluster.env(), cwd=tmp_path, timeout=300)
     assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
     assert "storage.path:" in refused.stderr and "s3://" in refused.stderr and "2 nodes" in refused.stderr
     assert not (tmp_path / "studies").exists()
 
     # Both nodes are this machine, so the folder is shared: say so.
     started = time.time()
-    proc = _cli("submit", str(spec), "--address", address, env=ray_cluster.env(LABELMIX_SHARED_STORAGE="1"),
+    proc = cli("submit", str(spec), "--address", address, env=ray_cluster.env(LABELMIX_SHARED_STORAGE="1"),
                 cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     elapsed = time.time() - started
@@ -470,13 +458,13 @@ def test_four_trials_share_one_gpu(tmp_path, ray_cluster):
     """One logical GPU (a CPU machine), 0.25 GPU and 0.5 CPU per trial: four trials run at once, on the CPU."""
     address = ray_cluster.start_head("--num-cpus", "2", "--num-gpus", "1",
                                      env=ray_cluster.env(LABELMIX_STORE_CACHE=str(tmp_path / "cache")))
-    spec = _write_spec(
-        tmp_path, name="packed",
+    spec = write_spec(
+        tmp_path, SPEC, name="packed",
         fixed={**SPEC["fixed"], "epochs": 2, "steps_per_epoch": 20},
         search={"algorithm": "random", "trials": 4, "concurrency": 4, "seed": 0},
         resources={"cpus": 0.5, "gpus": 0.25},
     )
-    proc = _cli("submit", str(spec), "--address", address, env=ray_cluster.env(), cwd=tmp_path)
+    proc = cli("submit", str(spec), "--address", address, env=ray_cluster.env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     study = tmp_path / "studies" / "packed"
     table = pd.read_parquet(study / "trials.parquet").sort_values("started_at")
@@ -502,17 +490,17 @@ def test_a_study_runs_as_a_ray_job(tmp_path, ray_cluster):
     ray_cluster.start_head("--num-cpus", "2", dashboard=True,
                            env=ray_cluster.env(LABELMIX_STORE_CACHE=str(tmp_path / "cache")))
     jobs = f"http://127.0.0.1:{ray_cluster.dashboard_port}"
-    spec = _write_spec(tmp_path, name="as-job")
+    spec = write_spec(tmp_path, SPEC, name="as-job")
     env = ray_cluster.env()
-    proc = _cli("submit", str(spec), "--address", jobs, env=env, cwd=tmp_path, timeout=120)
+    proc = cli("submit", str(spec), "--address", jobs, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     print("\n" + proc.stdout)
     job_id = next(w for w in proc.stdout.split() if w.startswith("raysubmit_"))
-    logs = _cli("logs", job_id, "--follow", "--address", jobs, env=env, cwd=tmp_path)
+    logs = cli("logs", job_id, "--follow", "--address", jobs, env=env, cwd=tmp_path)
     assert logs.returncode == 0, logs.stdout[-3000:] + logs.stderr[-3000:]
     print("\n".join(logs.stdout.strip().splitlines()[-4:]))
     assert f"job {job_id}: SUCCEEDED" in logs.stdout and "Frontier" in logs.stdout
-    status = _cli("status", job_id, "--address", jobs, env=env, cwd=tmp_path, timeout=120)
+    status = cli("status", job_id, "--address", jobs, env=env, cwd=tmp_path, timeout=120)
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout
     table = pd.read_parquet(tmp_path / "studies" / "as-job" / "trials.parquet")
     assert len(table) == 4 and set(table["status"]) == {"TERMINATED"}
@@ -526,10 +514,10 @@ def test_a_study_on_uri_storage_with_a_uri_dataset_runs_and_resumes(tmp_path):
 
     (tmp_path / "bucket" / "data").mkdir(parents=True)
     store = write_synthetic_store(SynthSettings(5, 4, 64, 64, 3), tmp_path / "bucket" / "data" / "store.parquet")
-    spec = _write_spec(tmp_path, name="on-uri", dataset={"path": f"file://{store.path}"})
+    spec = write_spec(tmp_path, SPEC, name="on-uri", dataset={"path": f"file://{store.path}"})
     storage = f"file://{tmp_path}/bucket/studies"
     env = {**os.environ, "LABELMIX_MIRROR_DIR": str(tmp_path / "mirror"), "LABELMIX_STORE_CACHE": str(tmp_path / "cache")}
-    proc = _cli("submit", str(spec), "--storage", storage, env=env, cwd=tmp_path)
+    proc = cli("submit", str(spec), "--storage", storage, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"study folder: {storage}/on-uri" in proc.stdout
     remote = tmp_path / "bucket" / "studies" / "on-uri"
@@ -539,6 +527,6 @@ def test_a_study_on_uri_storage_with_a_uri_dataset_runs_and_resumes(tmp_path):
     assert len(_trial_results(remote)) == 4  # Tune wrote the trials through the URI
     assert [p.name for p in (tmp_path / "cache").glob("*.parquet")] == [f"{store.fingerprint}.parquet"]
 
-    resumed = _cli("resume", f"{storage}/on-uri", env=env, cwd=tmp_path)
+    resumed = cli("resume", f"{storage}/on-uri", env=env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "4 of 4 trials finished" in resumed.stdout

@@ -4,12 +4,10 @@ The spec is valid, and its trials fail at run time on their own: one 32x32 train
 batches of 1 leaves BatchNorm a single value per channel at the encoder's 1x1 stride-32 level.
 """
 
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
-import yaml
+
+from tests.conftest import cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +24,11 @@ ERROR = "ValueError: Expected more than 1 value per channel when training, got i
 
 
 def test_a_study_whose_trials_all_fail_exits_1_with_their_errors(tmp_path):
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump({**SPEC, "storage": {"path": str(tmp_path / "studies")}}))
-    check = subprocess.run([sys.executable, "-m", "labelmix.cli", "check", str(path)], capture_output=True, text=True)
+    path = write_spec(tmp_path, SPEC)
+    check = cli("check", str(path))
     assert check.returncode == 0, check.stderr  # nothing check could have seen
 
-    proc = subprocess.run([sys.executable, "-m", "labelmix.cli", "submit", str(path)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=600)
+    proc = cli("submit", str(path), cwd=tmp_path, timeout=600)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "0 of 2 trials finished." in proc.stdout
     table = pd.read_parquet(tmp_path / "studies" / "all-fail" / "trials.parquet")

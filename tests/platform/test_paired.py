@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import copy
 import math
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
+from labelmix.cli import main
 from labelmix.errors import UserError
 from labelmix.platform.paired import format_paired, paired_table
 from labelmix.platform.space import case_name, trial_config
@@ -97,18 +96,15 @@ def test_paired_table_refuses_an_unknown_baseline_and_a_table_without_cases():
         paired_table(_frame().drop(columns="case"), "val/miou")
 
 
-def test_table_command_reads_a_study_folder(tmp_path):
+def test_table_command_reads_a_study_folder(tmp_path, capsys):
     _frame().to_parquet(tmp_path / "trials.parquet")
-    out = subprocess.run([sys.executable, "-m", "labelmix.cli", "table", str(tmp_path), "--baseline", "alone"],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert "| alone | 3 |" in out.stdout
-    missing = subprocess.run([sys.executable, "-m", "labelmix.cli", "table", str(tmp_path / "nope")],
-                             capture_output=True, text=True)
-    assert missing.returncode == 2 and "no trials.parquet here" in missing.stderr
+    assert main(["table", str(tmp_path), "--baseline", "alone"]) == 0
+    assert "| alone | 3 |" in capsys.readouterr().out
+    assert main(["table", str(tmp_path / "nope")]) == 2
+    assert "no trials.parquet here" in capsys.readouterr().err
 
 
-def test_a_later_study_replaces_the_same_case_and_seed(tmp_path):
+def test_a_later_study_replaces_the_same_case_and_seed(tmp_path, capsys):
     from labelmix.platform.paired import combine
 
     redo = pd.DataFrame([{"case": "alone", "config/seed": 0, "status": "TERMINATED", "val/miou": 0.40},
@@ -121,7 +117,5 @@ def test_a_later_study_replaces_the_same_case_and_seed(tmp_path):
     first.mkdir(), second.mkdir()
     _frame().to_parquet(first / "trials.parquet")
     redo.to_parquet(second / "trials.parquet")
-    out = subprocess.run([sys.executable, "-m", "labelmix.cli", "table", str(first), str(second)],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert "| alone | 3 | 0.367 |" in out.stdout
+    assert main(["table", str(first), str(second)]) == 0
+    assert "| alone | 3 | 0.367 |" in capsys.readouterr().out

@@ -79,15 +79,14 @@ def test_choice_of_complete_mixes():
     assert tune_param_space(spec)["mix"].categories == ["0", "1"]
     config = trial_config(spec, {"mix": "1", "ds_depth": 3})
     assert config["mix"] == {"full": 0.06, "box": 0.0, "global": 0.0, "none": 0.94, "seed": 7}
-    assert mix_of(config) == AnnotationMix(0.06, 0.0, 0.0, 0.94)
+    assert mix_of(config) == AnnotationMix(0.06, 0.0, 0.0, 0.94, seed=7)
 
 
 def test_mix_weights_are_normalised_to_fractions():
     spec = spec_of(space={"mix": {"full": {"uniform": [0, 1]}, "box": {"uniform": [0, 1]}}, "lr": {"loguniform": [1e-4, 1e-2]}})
     config = trial_config(spec, {"mix.full": 1, "mix.box": 3, "lr": 1e-3})
     assert config["mix"] == {"full": 0.25, "box": 0.75, "global": 0.0, "none": 0.0, "seed": 7}  # seed: search.seed
-    assert mix_of(config) == AnnotationMix(0.25, 0.75, 0.0, 0.0)
-    assert load_config(config).mix.annotation_mix() == AnnotationMix(0.25, 0.75, 0.0, 0.0)
+    assert mix_of(config) == load_config(config).mix == AnnotationMix(0.25, 0.75, 0.0, 0.0, seed=7)
 
 
 def test_fixed_zero_types_stay_zero_and_mix_seed_can_be_set():
@@ -126,9 +125,8 @@ def test_trial_config_rejects_missing_and_unknown_values():
 def test_fixed_mix_is_passed_through_with_missing_types_zero():
     spec = spec_of(space={"lr": {"uniform": [1e-3, 1e-2]}}, fixed={"mix": {"box": 0.5, "none": 0.5}})
     config = trial_config(spec, {"lr": 0.002})
-    assert mix_of(config) == AnnotationMix(0.0, 0.5, 0.0, 0.5)
-    assert load_config(config).mix.annotation_mix() == AnnotationMix(0.0, 0.5, 0.0, 0.5)
-    assert mix_of(load_config(config)) == AnnotationMix(0.0, 0.5, 0.0, 0.5)
+    assert mix_of(config) == load_config(config).mix == AnnotationMix(0.0, 0.5, 0.0, 0.5, seed=7)
+    assert mix_of(load_config(config)) == AnnotationMix(0.0, 0.5, 0.0, 0.5, seed=7)
 
 
 def test_paper_ablation_grid():

@@ -11,34 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from mlflow import MlflowClient
 
+from tests.conftest import TINY_STUDY, cli, write_spec
+
 pytestmark = pytest.mark.slow
-
-SPEC = {
-    "name": "tiny",
-    "dataset": {"synthetic": {"volumes": 5, "slices": 4, "height": 64, "width": 64, "seed": 3}},
-    "objectives": [{"metric": "val/miou", "mode": "max"}, {"metric": "cost/hours", "mode": "min"}],
-    "space": {
-        "mix": {"full": {"uniform": [0.1, 1.0]}, "box": {"uniform": [0, 1]}, "none": {"uniform": [0, 1]}},
-        "ema_decay": {"loguniform": [0.9, 0.999]},
-    },
-    "fixed": {"encoder": "test_resnet", "epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "threads": 1},
-    "search": {"algorithm": "tpe", "trials": 4, "concurrency": 2, "seed": 0},
-    "scheduler": {"type": "none"},
-}
-
-
-def cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "labelmix.cli", *args], capture_output=True, text=True, **kw)
-
-
-def write_spec(tmp_path, **changes):
-    spec = {**SPEC, **changes, "storage": {"path": str(tmp_path / "studies")}}
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 def test_four_trial_study_completes(tmp_path, mlflow_server):
@@ -83,7 +60,7 @@ def _terminated(study: Path) -> pd.DataFrame:
 
 def test_resume_after_the_driver_is_killed(tmp_path):
     spec = write_spec(tmp_path, search={"algorithm": "tpe", "trials": 4, "concurrency": 1, "seed": 0},
-                      fixed={**SPEC["fixed"], "epochs": 3, "steps_per_epoch": 4})
+                      fixed={**TINY_STUDY["fixed"], "epochs": 3, "steps_per_epoch": 4})
     study = tmp_path / "studies" / "tiny"
     driver = subprocess.Popen([sys.executable, "-m", "labelmix.cli", "submit", str(spec)], cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -156,9 +133,7 @@ def test_a_study_searched_on_dice_has_a_dice_frontier(tmp_path, mlflow_db):
 
 
 def test_invalid_spec_exits_2_without_starting_ray(tmp_path):
-    bad = dict(SPEC, scheduler={"type": "asha"})
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(bad))
+    path = write_spec(tmp_path, scheduler={"type": "asha"})
     proc = cli("submit", str(path), cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("labelmix: error: ") and "scheduler" in proc.stderr

@@ -6,10 +6,13 @@ the same hours everywhere (METHOD.md, "Annotation cost").
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pydantic.dataclasses
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from scipy import ndimage
 
 from labelmix.errors import UserError
@@ -43,41 +46,54 @@ def global_label(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return present
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid", populate_by_name=True))
 class AnnotationMix:
-    """Fractions of the training images per annotation type; they sum to 1."""
+    """Fractions of the training images per annotation type (they sum to 1), and the seed that
+    picks which images get which type: the trial config's ``mix``, validated where it enters."""
 
-    full: float = 1.0
-    box: float = 0.0
-    global_: float = 0.0
-    none: float = 0.0
+    full: float = Field(1.0, ge=0, le=1)
+    box: float = Field(0.0, ge=0, le=1)
+    global_: float = Field(0.0, ge=0, le=1, alias="global")
+    none: float = Field(0.0, ge=0, le=1)
+    seed: int = 0
 
-    def __post_init__(self) -> None:
-        for name, value in zip(ANNOTATION_TYPES, self.fractions):
-            if not (0.0 <= value <= 1.0) or not np.isfinite(value):
-                raise UserError(f"mix.{name}: fraction must be in [0, 1], got {value}")
+    @model_validator(mode="after")
+    def _simplex(self):
         total = sum(self.fractions)
         if abs(total - 1.0) > 1e-6:
-            raise UserError(
-                f"mix: fractions full+box+global+none must sum to 1, got {total:.6g} "
-                f"({', '.join(f'{n}={v:g}' for n, v in zip(ANNOTATION_TYPES, self.fractions))})"
-            )
+            raise ValueError(f"full+box+global+none must sum to 1, got {total:.6g}")
+        return self
 
     @property
     def fractions(self) -> tuple[float, float, float, float]:
         return (self.full, self.box, self.global_, self.none)
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, float]) -> "AnnotationMix":
-        """From ``{"full": .., "box": .., "global": .., "none": ..}``; missing types are 0."""
+    def from_mapping(cls, values: Any, path: str = "mix") -> "AnnotationMix":
+        """A complete mix as a study spec writes one, ``{full: 0.06, none: 0.94}``: missing types
+        are 0, no seed. Refused with a UserError naming ``path`` (or ``path.<type>``)."""
+        if not isinstance(values, Mapping):
+            raise UserError(f"{path}: a complete mix is a mapping such as {{full: 0.06, none: 0.94}}, got {values!r}")
         unknown = set(values) - set(ANNOTATION_TYPES)
         if unknown:
             raise UserError(
-                f"mix: unknown annotation type(s) {sorted(unknown)}; allowed: {list(ANNOTATION_TYPES)}"
+                f"{path}: unknown annotation type(s) {sorted(unknown)}; allowed: {list(ANNOTATION_TYPES)}"
             )
-        return cls(*(float(values.get(name, 0.0)) for name in ANNOTATION_TYPES))
+        try:
+            fractions = {name: float(values.get(name, 0.0)) for name in ANNOTATION_TYPES}
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: mix fractions must be numbers, got {dict(values)!r}") from None
+        try:
+            return cls(**fractions)
+        except ValidationError as exc:  # the fields' bounds or the simplex, worded for a complete mix
+            error = exc.errors()[0]
+            if error["loc"]:  # the first fraction out of [0, 1]
+                raise UserError(f"{path}.{error['loc'][0]}: fraction must be in [0, 1], got {error['input']}") from None
+            shown = ", ".join(f"{n}={v:g}" for n, v in fractions.items())
+            raise UserError(f"{path}: fractions {error['msg'].removeprefix('Value error, ')} ({shown})") from None
 
     def as_dict(self) -> dict[str, float]:
+        """The fractions by annotation type (the seed is not among them)."""
         return dict(zip(ANNOTATION_TYPES, self.fractions))
 
 
@@ -109,18 +125,20 @@ def assign_mix(n: int, mix: AnnotationMix, seed: int) -> np.ndarray:
     return types
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class CostModel:
-    """Seconds of annotator time per label (METHOD.md; sources there)."""
+    """Seconds of annotator time per label (METHOD.md; sources there): the config's ``cost``."""
 
-    full_seconds: float = 240.0  # per image: Bearman et al. 2016, 239.7 s per VOC image
-    box_seconds: float = 7.0  # per box: Papadopoulos et al. 2017, extreme clicking
-    global_seconds: float = 1.0  # per class asked: Bearman et al. 2016
+    full_seconds: float = Field(240.0, ge=0)  # per image: Bearman et al. 2016, 239.7 s per VOC image
+    box_seconds: float = Field(7.0, ge=0)  # per box: Papadopoulos et al. 2017, extreme clicking
+    global_seconds: float = Field(1.0, ge=0)  # per class asked: Bearman et al. 2016
 
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if not np.isfinite(value) or value < 0:
-                raise UserError(f"cost.{name}: must be a finite number >= 0, got {value}")
+    @field_validator("full_seconds", "box_seconds", "global_seconds")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"must be a finite number, got {v!r}")
+        return v
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Columns: id, volume (patient), source, slice, split, height, width, image (raw b
 image_dtype, mask (raw uint8 bytes), boxes (list of [class, y0, x0, y1, x1], half-open),
 global_label (list of classes present). File metadata under the key ``labelmix``: format
 version, class names, the generator/importer settings, split seed and fractions, and a content
-fingerprint (sha256 over ids, volumes, splits, images and masks in row order).
+fingerprint (sha256 over ids, volumes, splits, images and masks in row order). ``load_store``
+recomputes the fingerprint and refuses a store whose content no longer matches it (a file changed
+after it was written); ``verify_store`` does the same without decoding the images.
 
 Writers stream rows into a temporary file next to the target and rename it at the end, so a
 failed import leaves nothing behind. Splits are by volume, decided before any row is written.
@@ -31,6 +33,7 @@ METADATA_KEY = b"labelmix"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_SPLIT_FRACTIONS: tuple[float, float, float] = (0.6, 0.2, 0.2)
 _IMAGE_DTYPES = ("uint8", "uint16")
+_FINGERPRINTED = ("id", "volume", "split", "image", "mask")  # the columns the fingerprint covers, in its order
 _ROWS_PER_BATCH = 256
 
 SCHEMA = pa.schema(
@@ -148,8 +151,7 @@ def write_store(
                         dtype = row["image_dtype"]
                     elif row["image_dtype"] != dtype:
                         raise UserError(f"{rec.id}: image is {row['image_dtype']} but earlier images are {dtype}; one store holds one dtype")
-                    for key in ("id", "volume", "split", "image", "mask"):
-                        digest.update(str(row[key]).encode() if isinstance(row[key], str) else row[key])
+                    _update_digest(digest, *(row[key] for key in _FINGERPRINTED))
                     rows.append(row)
                 writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
                 n += len(rows)
@@ -169,6 +171,49 @@ def write_store(
     finally:
         tmp.unlink(missing_ok=True)
     return StoreSummary(path=path, images=n, fingerprint=meta["fingerprint"])
+
+
+def _update_digest(digest, image_id: str, volume: str, split: str, image, mask) -> None:
+    """One row's share of the content fingerprint (strings as UTF-8, images and masks as raw bytes)."""
+    for text in (image_id, volume, split):
+        digest.update(text.encode())
+    digest.update(image)
+    digest.update(mask)
+
+
+def _binary_views(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, data) of a binary array: row i is data[offsets[i]:offsets[i + 1]], no copy."""
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    return offsets, np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+
+
+def content_fingerprint(table: pa.Table) -> str:
+    """The fingerprint ``write_store`` records, recomputed from a table holding the columns it covers."""
+    digest = hashlib.sha256()
+    for batch in table.select(list(_FINGERPRINTED)).to_batches():
+        ids, volumes, splits = (batch.column(k).to_pylist() for k in _FINGERPRINTED[:3])
+        (image_offsets, images), (mask_offsets, masks) = (_binary_views(batch.column(k)) for k in _FINGERPRINTED[3:])
+        for i in range(batch.num_rows):
+            _update_digest(digest, ids[i], volumes[i], splits[i], images[image_offsets[i] : image_offsets[i + 1]],
+                           masks[mask_offsets[i] : mask_offsets[i + 1]])
+    return digest.hexdigest()
+
+
+def check_fingerprint(path: str | os.PathLike, table: pa.Table, meta: Mapping[str, Any]) -> None:
+    """Refuse a store whose content differs from what it was written with (edited, truncated, swapped rows)."""
+    recorded, actual = meta.get("fingerprint"), content_fingerprint(table)
+    if actual != recorded:
+        raise UserError(
+            f"{path}: the store's content does not match the fingerprint recorded when it was written "
+            f"({str(recorded)[:12]} recorded, {actual[:12]} now): it was changed afterwards; write it again "
+            "with `labelmix data ...`"
+        )
+
+
+def verify_store(path: str | os.PathLike) -> None:
+    """The fingerprint check of ``load_store`` alone (reads the five covered columns, decodes nothing)."""
+    check_fingerprint(path, pq.read_table(path, columns=list(_FINGERPRINTED)), read_metadata(path))
 
 
 def _batches(items: Iterable[Record], size: int) -> Iterator[list[Record]]:
@@ -275,6 +320,7 @@ def load_store(path: str | os.PathLike) -> ImageStore:
     if meta.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path}: store format {meta.get('format_version')} is not the supported {FORMAT_VERSION}")
     table = pq.read_table(path)
+    check_fingerprint(path, table, meta)
     dtypes = set(table.column("image_dtype").unique().to_pylist())
     if len(dtypes) != 1:
         raise UserError(f"{path}: mixed image dtypes {sorted(dtypes)} in one store")

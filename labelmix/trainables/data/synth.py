@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
+import pydantic.dataclasses
+from pydantic import ConfigDict, Field
 from scipy import ndimage
 
 from labelmix.errors import UserError
@@ -72,23 +74,15 @@ _PROFILE_I = np.array([
 _VITREOUS = -0.1
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class SynthSettings:
-    """How many synthetic volumes, of which size, from which seed."""
+    """How many synthetic volumes, of which size, from which seed: the config's ``dataset.synthetic``."""
 
-    volumes: int = 120
-    slices: int = 12  # B-scans per volume
-    height: int = 128
-    width: int = 128
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name, low in (("volumes", 1), ("slices", 1), ("height", 32), ("width", 32), ("seed", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-                raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
-            if value < low:
-                raise UserError(f"{name} must be >= {low}, got {value}")
+    volumes: int = Field(120, ge=1)
+    slices: int = Field(12, ge=1)  # B-scans per volume
+    height: int = Field(128, ge=32)
+    width: int = Field(128, ge=32)
+    seed: int = Field(0, ge=0)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from labelmix.trainables.data.store import DEFAULT_SPLIT_FRACTIONS, Record, StoreSummary, write_store
 from labelmix.trainables.data.synth import SYNTH_CLASSES, SynthSettings, synthesize, volume_id
@@ -25,14 +25,11 @@ def write_synthetic_store(
     )
 
 
-def synthetic_store(data: Any, cache_dir: Path) -> Path:
-    """Path of the store for these generator settings, generating it on first use.
-
-    ``data`` is a SynthSettings or anything with volumes/slices/height/width/seed attributes
-    (the config's SyntheticData). Concurrent first uses each write a temporary file and rename
+def synthetic_store(settings: SynthSettings, cache_dir: Path) -> Path:
+    """Path of the store for these generator settings (the config's ``dataset.synthetic``),
+    generating it on first use. Concurrent first uses each write a temporary file and rename
     it, so the cache never holds a half-written store.
     """
-    settings = SynthSettings(data.volumes, data.slices, data.height, data.width, data.seed)
     path = Path(cache_dir) / (
         f"synth-g{GENERATOR_VERSION}-v{settings.volumes}-s{settings.slices}-"
         f"{settings.height}x{settings.width}-seed{settings.seed}.parquet"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from labelmix.errors import UserError
+from labelmix.errors import UserError, validated
 from labelmix.trainables.data.annotations import (
     AnnotationMix,
     CostModel,
@@ -86,7 +86,9 @@ def test_cost_of_a_known_mix():
     ],
 )
 def test_bad_mix_is_refused(kwargs, field):
-    with pytest.raises(UserError, match=field.replace(".", r"\.")):
+    with pytest.raises(UserError, match=field.replace(".", r"\.")):  # as a config's mix validates it
+        validated(AnnotationMix, kwargs, prefix="mix")
+    with pytest.raises(ValueError, match=field.removeprefix("mix.")):  # built in code: pydantic's ValidationError
         AnnotationMix(**kwargs)
 
 
@@ -97,6 +99,27 @@ def test_mix_from_mapping():
         AnnotationMix.from_mapping({"pixels": 1.0})
 
 
-def test_negative_cost_is_refused():
-    with pytest.raises(UserError, match="cost.box_seconds"):
-        CostModel(box_seconds=-1)
+@pytest.mark.parametrize("mix, message", [
+    ({"full": 0.5, "box": 0.6}, "space.mix.choice.0: fractions full+box+global+none must sum to 1, got 1.1 "
+                                "(full=0.5, box=0.6, global=0, none=0)"),
+    ({"global": 1.5}, "space.mix.choice.0.global: fraction must be in [0, 1], got 1.5"),
+    ({"full": "half"}, "space.mix.choice.0: mix fractions must be numbers, got {'full': 'half'}"),
+    ({"full": 1, "seed": 3}, "space.mix.choice.0: unknown annotation type(s) ['seed']"),
+    (0.5, "space.mix.choice.0: a complete mix is a mapping such as {full: 0.06, none: 0.94}, got 0.5"),
+])
+def test_a_complete_mix_is_refused_at_its_path(mix, message):
+    with pytest.raises(UserError) as info:
+        AnnotationMix.from_mapping(mix, "space.mix.choice.0")
+    assert str(info.value).startswith(message), str(info.value)
+
+
+@pytest.mark.parametrize("seconds, message", [
+    (-1, "cost.box_seconds: Input should be greater than or equal to 0 (got -1)"),
+    (float("inf"), "cost.box_seconds: must be a finite number, got inf"),
+])
+def test_bad_cost_is_refused(seconds, message):
+    with pytest.raises(UserError) as info:
+        validated(CostModel, {"box_seconds": seconds}, prefix="cost")
+    assert str(info.value) == message
+    with pytest.raises(ValueError, match="box_seconds"):
+        CostModel(box_seconds=seconds)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from labelmix.errors import UserError
+from labelmix.errors import UserError, validated
 from labelmix.trainables.data.synth import (
     SYNTH_CLASSES,
     SynthSettings,
@@ -82,17 +82,21 @@ def test_different_seed_differs():
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("volumes", 0, "volumes must be >= 1, got 0"),
-        ("slices", 0, "slices must be >= 1, got 0"),
-        ("height", 16, "height must be >= 32, got 16"),
-        ("width", 31, "width must be >= 32, got 31"),
-        ("seed", -1, "seed must be >= 0, got -1"),
-        ("volumes", 2.5, "volumes must be an integer"),
-        ("slices", True, "slices must be an integer"),
+        ("volumes", 0, "volumes: Input should be greater than or equal to 1 (got 0)"),
+        ("slices", 0, "slices: Input should be greater than or equal to 1 (got 0)"),
+        ("height", 16, "height: Input should be greater than or equal to 32 (got 16)"),
+        ("width", 31, "width: Input should be greater than or equal to 32 (got 31)"),
+        ("seed", -1, "seed: Input should be greater than or equal to 0 (got -1)"),
+        ("volumes", 2.5, "volumes: Input should be a valid integer, got a number with a fractional part (got 2.5)"),
+        ("slices", "many", "slices: Input should be a valid integer"),
+        ("depth", 3, "depth: unknown key; allowed here: height, seed, slices, volumes, width"),
     ],
 )
 def test_invalid_settings_name_the_field(field, value, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError) as info:  # as `labelmix data synth` and a config's dataset.synthetic validate them
+        validated(SynthSettings, {field: value})
+    assert str(info.value).startswith(message), str(info.value)
+    with pytest.raises(ValueError, match=field):  # built in code: pydantic's ValidationError
         SynthSettings(**{field: value})
 
 
@@ -199,3 +203,12 @@ def test_ellipsoid_cut_hand_counted():
     # the band moves the centre: depth 0.5 of rows 4..8 is row 6
     moved = _ellipsoid_cut(ellipsoid, 0.5, np.full(16, 4.0), np.full(16, 8.0), 16, 16)
     assert np.array_equal(np.flatnonzero(moved.any(axis=1)), [5, 6, 7])
+
+
+def test_cli_synth_refuses_bad_settings_in_one_line(tmp_path, capsys):
+    from labelmix.cli import main
+
+    out = tmp_path / "s.parquet"
+    assert main(["data", "synth", "--out", str(out), "--volumes", "0"]) == 2
+    assert capsys.readouterr().err == "labelmix: error: volumes: Input should be greater than or equal to 1 (got 0)\n"
+    assert not out.exists()
