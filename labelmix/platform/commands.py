@@ -91,10 +91,9 @@ def _print_browsing(study_dir) -> None:
     except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not turn a finished study into a failure
         print(f"report: not logged to MLflow ({type(exc).__name__}: {exc})", file=sys.stderr)
     print(f"report: {report} (open it in a browser)")
-    links = study_links(study_dir)
-    command = browse_command(study_dir) if not links else None
+    links, port = study_links(study_dir), 5000
+    command = browse_command(study_dir, port) if not links else None
     if command:
-        port = 5000
         print(f"MLflow: serve the study's runs with\n  {command}\nthen open")
         links = study_links(study_dir, server=f"http://127.0.0.1:{port}")
     elif links:

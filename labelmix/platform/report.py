@@ -42,6 +42,7 @@ from labelmix.platform.trial_table import (
     TRIALS_FILE,
     counted,
     frontier_axes,
+    objective_values,
     read_table,
     reference_rows,
     table_objectives,
@@ -65,12 +66,7 @@ W, H, LEFT, RIGHT, TOP, BOTTOM = 620, 360, 60, 130, 34, 48  # small plots: the l
 
 def quality(table: pd.DataFrame, objectives=None):
     """The quality axis (the frontier's y) of each row as floats, NaN where the row does not count."""
-    import numpy as np
-    import pandas as pd
-
-    (metric, _) = frontier_axes(table_objectives(table) if objectives is None else objectives)[1]
-    values = pd.to_numeric(table[metric], errors="coerce").to_numpy(float) if metric in table else np.full(len(table), np.nan)
-    return np.where(counted(table), values, np.nan)
+    return objective_values(table, objectives)[:, 1]
 
 
 def reference_line(table: pd.DataFrame, objectives=None) -> Optional[tuple[str, float]]:
