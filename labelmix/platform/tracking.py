@@ -491,6 +491,10 @@ class MlflowTracking(Callback):
         self._writer: Optional[_Writer] = None
         self._known_params: dict[str, set] = {}  # writer thread only
         self._started: set[str] = set()  # trials whose child run was queued in this session
+        # per trial, the last step queued: a trial restarted from an earlier checkpoint than its last
+        # report (its worker died between a result and that result's checkpoint) reports the steps in
+        # between again; MLflow cannot replace a point, so a step is logged once
+        self._logged_steps: dict[str, int] = {}
         self.failures = 0  # consecutive write failures; MAX_FAILURES of them disable logging
         self.disabled = False
 
@@ -651,8 +655,13 @@ class MlflowTracking(Callback):
         self._ensure_open()
         if trial.trial_id not in self._started:
             self.on_trial_start(iteration, trials, trial)  # a result before any start in this session
+        step = step_of(result)
+        if step <= self._logged_steps.get(trial.trial_id, -1):
+            self.hook_seconds += time.perf_counter() - started
+            return
+        self._logged_steps[trial.trial_id] = step
         values = metric_values(result)
-        self._writer.put(("metrics", trial.trial_id, values, step_of(result), int(time.time() * 1000)))
+        self._writer.put(("metrics", trial.trial_id, values, step, int(time.time() * 1000)))
         self.hook_seconds += time.perf_counter() - started
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
