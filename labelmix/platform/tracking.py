@@ -691,14 +691,28 @@ class MlflowTracking(Callback):
         if self.disabled:
             return
         try:
+            done = all(t.status in ("TERMINATED", "ERROR") for t in trials)
+            if done:
+                self._drop_orphans({t.trial_id for t in trials})
             table = self.table_of() if self.table_of is not None else self.table(trials)
             with tempfile.TemporaryDirectory(prefix="labelmix-models-") as tmp:
                 checkpoints = self._frontier_checkpoints(table, {t.trial_id: t for t in trials}, Path(tmp))
                 log_frontier(self.client, self.parent_id, table, dict(self.child_ids), checkpoints, title=self.study_name)
-            done = all(t.status in ("TERMINATED", "ERROR") for t in trials)
             self.client.set_terminated(self.parent_id, "FINISHED" if done else "KILLED")
         except Exception:  # the study itself succeeded; say what is missing in MLflow, do not fail it
             log.exception("could not log the frontier to MLflow run %s", self.parent_id)
+
+    def _drop_orphans(self, trial_ids: set[str]) -> None:
+        """Delete the child runs of trials the finished study does not have: a driver killed after a
+        trial's run was created but before Tune's experiment snapshot recorded the trial leaves a run
+        whose trial the resumed study never sees (it samples a new one). MLflow keeps deleted runs
+        (restorable from the UI); the study then has one child run per trial of its table."""
+        orphans = sorted(set(self.child_ids) - trial_ids)
+        for trial_id in orphans:
+            self.client.delete_run(self.child_ids.pop(trial_id))
+            log.info("MLflow: deleted the run of trial %s, which the resumed study no longer has", trial_id)
+        if orphans:
+            self._write_runs_file()
 
     def _frontier_checkpoints(self, table: pd.DataFrame, trials: Mapping[str, Any], scratch: Path) -> dict[str, str]:
         """trial id -> local checkpoint folder, for frontier trials whose model MLflow lacks or that

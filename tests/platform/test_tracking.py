@@ -187,6 +187,30 @@ def test_study_logged_once_and_resumed_without_duplicates(mlflow_db, tmp_path):
     assert [r["trial_id"] for r in frontier_rows(client, parent.info.run_id, tmp_path)] == ["t_cheap", "t_best"]
 
 
+def test_a_trial_the_finished_study_lost_has_its_run_deleted_and_a_replayed_step_is_logged_once(mlflow_db, tmp_path):
+    """A driver killed after a trial's run was created, before Tune's snapshot held the trial: the
+    resumed study ends without that trial, and its run goes. A worker killed between a result and
+    its checkpoint: the trial reports that epoch again, and MLflow keeps one point per epoch."""
+    client = MlflowClient(mlflow_db)
+    trials = stub_trials()
+    callback = make_callback(mlflow_db, tmp_path / "study")
+    lost = next(t for t in trials if t.trial_id == "t_cheap")
+    kept = [t for t in trials if t is not lost]
+    callback.on_trial_start(0, trials, lost)
+    callback.on_trial_result(0, trials, kept[0], {"epoch": 1.0, "val/miou": 0.25, "training_iteration": 1})
+    callback.on_trial_result(0, trials, kept[0], {"epoch": 1.0, "val/miou": 0.75, "training_iteration": 1})
+    callback.flush()
+    lost_run = callback.child_ids["t_cheap"]
+    drive(callback, kept, tmp_path)
+    _, _, children = study_runs(client)
+    assert sorted(r.data.tags["labelmix.trial_id"] for r in children) == sorted(t.trial_id for t in kept)
+    assert client.get_run(lost_run).info.lifecycle_stage == "deleted"
+    assert "t_cheap" not in json.loads((tmp_path / "study" / "mlflow_runs.json").read_text())["children"]
+    first = callback.child_ids[kept[0].trial_id]
+    assert [(m.step, m.value) for m in client.get_metric_history(first, "val/miou")] == [
+        (1, 0.25), (2, TRIALS[kept[0].trial_id][3][1])]
+
+
 def test_callback_survives_pickling(mlflow_db, tmp_path):
     """Tune pickles its RunConfig, callbacks included, into tuner.pkl (ray.cloudpickle)."""
     from ray import cloudpickle
