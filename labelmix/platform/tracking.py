@@ -692,9 +692,9 @@ class MlflowTracking(Callback):
             return
         try:
             done = all(t.status in ("TERMINATED", "ERROR") for t in trials)
-            if done:
-                self._drop_orphans({t.trial_id for t in trials})
             table = self.table_of() if self.table_of is not None else self.table(trials)
+            if done:  # a trial finished before a killed driver's last snapshot is in the table only
+                self._drop_orphans({t.trial_id for t in trials} | set(table["trial_id"] if len(table) else ()))
             with tempfile.TemporaryDirectory(prefix="labelmix-models-") as tmp:
                 checkpoints = self._frontier_checkpoints(table, {t.trial_id: t for t in trials}, Path(tmp))
                 log_frontier(self.client, self.parent_id, table, dict(self.child_ids), checkpoints, title=self.study_name)
@@ -703,9 +703,10 @@ class MlflowTracking(Callback):
             log.exception("could not log the frontier to MLflow run %s", self.parent_id)
 
     def _drop_orphans(self, trial_ids: set[str]) -> None:
-        """Delete the child runs of trials the finished study does not have: a driver killed after a
-        trial's run was created but before Tune's experiment snapshot recorded the trial leaves a run
-        whose trial the resumed study never sees (it samples a new one). MLflow keeps deleted runs
+        """Delete the child runs of trials the finished study has neither in Tune's trials nor in its
+        trial table: a driver killed after an unfinished trial's run was created but before Tune's
+        experiment snapshot recorded the trial leaves a run whose trial the resumed study never sees
+        (it samples a new one). MLflow keeps deleted runs
         (restorable from the UI); the study then has one child run per trial of its table."""
         orphans = sorted(set(self.child_ids) - trial_ids)
         for trial_id in orphans:

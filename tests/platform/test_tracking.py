@@ -211,6 +211,20 @@ def test_a_trial_the_finished_study_lost_has_its_run_deleted_and_a_replayed_step
         (1, 0.25), (2, TRIALS[kept[0].trial_id][3][1])]
 
 
+def test_a_trial_in_the_table_keeps_its_run_though_tune_lost_it(mlflow_db, tmp_path):
+    """A trial that finished before a killed driver's last snapshot is in the trial table, not in the
+    resumed Tune's trials: its run stays."""
+    client = MlflowClient(mlflow_db)
+    trials = stub_trials()
+    callback = make_callback(mlflow_db, tmp_path / "study", table_of=lambda: callback.table(trials))
+    finished = next(t for t in trials if t.trial_id == "t_cheap")
+    callback.on_trial_start(0, trials, finished)
+    callback.flush()
+    drive(callback, [t for t in trials if t is not finished], tmp_path)
+    _, _, children = study_runs(client)
+    assert sorted(r.data.tags["labelmix.trial_id"] for r in children) == sorted(t.trial_id for t in trials)
+
+
 def test_callback_survives_pickling(mlflow_db, tmp_path):
     """Tune pickles its RunConfig, callbacks included, into tuner.pkl (ray.cloudpickle)."""
     from ray import cloudpickle
