@@ -685,8 +685,25 @@ class MlflowTracking(Callback):
         self._writer.put(("end", trial.trial_id, status, error))
         self.hook_seconds += time.perf_counter() - started
 
+    def _backfill(self, trials) -> None:
+        """Runs for finished trials that have none: a driver killed after a trial ended but before
+        the writer sent its run leaves a trial that the resumed study restores as finished, so no
+        hook of this session sees it. Its run is written from its folder's result.json (else its last
+        result)."""
+        for trial in trials:
+            if trial.status not in ("TERMINATED", "ERROR") or trial.trial_id in self.child_ids:
+                continue
+            results = _result_lines(getattr(trial, "local_path", None)) or [trial.last_result or {}]
+            for result in results:
+                self.on_trial_result(0, trials, trial, result)
+            if trial.status == "ERROR":
+                self.on_trial_error(0, trials, trial)
+            else:
+                self.on_trial_complete(0, trials, trial)
+
     def on_experiment_end(self, trials, **info):
         self._ensure_open()
+        self._backfill(trials)
         self.flush()
         if self.disabled:
             return
@@ -868,6 +885,23 @@ class MlflowTracking(Callback):
         if error:
             self.client.set_tag(run_id, TAG_ERROR, error)
         self.client.set_terminated(run_id, status)
+
+
+def _result_lines(folder: Optional[str]) -> list[dict]:
+    """A trial folder's result.json as dicts (one per report; a half-written last line is skipped)."""
+    if not folder:
+        return []
+    try:
+        lines = (Path(folder) / "result.json").read_text().splitlines()
+    except OSError:
+        return []
+    results = []
+    for line in lines:
+        try:
+            results.append(json.loads(line))
+        except ValueError:
+            continue
+    return results
 
 
 def study_tracking(spec: Any, source_text: str, directory: Path, cli_uri: Optional[str] = None,

@@ -225,6 +225,23 @@ def test_a_trial_in_the_table_keeps_its_run_though_tune_lost_it(mlflow_db, tmp_p
     assert sorted(r.data.tags["labelmix.trial_id"] for r in children) == sorted(t.trial_id for t in trials)
 
 
+def test_a_finished_trial_no_hook_saw_gets_its_run_at_the_end(mlflow_db, tmp_path):
+    """A driver killed after a trial ended, before the writer sent its run: the resumed study restores
+    the trial as finished and no hook sees it; its run is written at the end, from its last result."""
+    client = MlflowClient(mlflow_db)
+    trials = stub_trials()
+    callback = make_callback(mlflow_db, tmp_path / "study")
+    restored = next(t for t in trials if t.trial_id == "t_cheap")
+    restored.update_last_result({"epoch": 2.0, "val/miou": 0.4, "cost/hours": 0.5, "training_iteration": 2})
+    restored.set_status(Trial.TERMINATED)
+    drive(callback, [t for t in trials if t is not restored], tmp_path, all_trials=trials)
+    _, _, children = study_runs(client)
+    assert sorted(r.data.tags["labelmix.trial_id"] for r in children) == sorted(t.trial_id for t in trials)
+    run = client.get_run(callback.child_ids["t_cheap"])
+    assert run.info.status == "FINISHED" and run.data.metrics["val/miou"] == 0.4
+    assert run.data.params["ds_type"] == "none"
+
+
 def test_callback_survives_pickling(mlflow_db, tmp_path):
     """Tune pickles its RunConfig, callbacks included, into tuner.pkl (ray.cloudpickle)."""
     from ray import cloudpickle
