@@ -122,7 +122,7 @@ def cmd_train(args) -> int:
     from tqdm import tqdm
 
     from labelmix.trainables.config import load_config
-    from labelmix.trainables.fit import build_run, train
+    from labelmix.trainables.fit import NonFiniteLossError, build_run, train
 
     path = Path(args.config)
     config = load_config(apply_overrides(read_yaml(path), args.set), source=str(path))
@@ -146,7 +146,14 @@ def cmd_train(args) -> int:
         bar.set_postfix({"loss": f"{metrics.get('train/loss', float('nan')):.3f}", "val mIoU": f"{metrics.get('val/miou', float('nan')):.3f}"})
         bar.refresh()
 
-    final = train(run, report, resume_from=args.resume)
+    try:
+        final = train(run, report, resume_from=args.resume)
+    except NonFiniteLossError as exc:  # an outcome of the settings, neither bad input nor a bug: one line, exit 1
+        bar.close()
+        history.close()
+        print(f"labelmix: training stopped: {exc}; a lower lr (now {config.lr:g}) or loss weights usually help; "
+              f"the epochs before are in {out / 'metrics.jsonl'}", file=sys.stderr)
+        return 1
     bar.close()
     history.close()
     (out / "final_metrics.json").write_text(json.dumps(final, indent=2, sort_keys=True))

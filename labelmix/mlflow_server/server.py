@@ -44,7 +44,7 @@ from labelmix.errors import UserError
 from labelmix.mlflow_server.preflight import check_backend, check_basic_auth, check_port_free, refuse_if_running
 from labelmix.mlflow_server.process import (CHILDREN, LOG_FILE, STATE_FILE, is_our_server, kill_group, read_state,
                                             secret_key, wait_healthy, write_state)
-# probe_health: labelmix.platform.tracking imports it from here.
+# probe_health: labelmix.platform.mlflow_runs imports it from here.
 from labelmix.mlflow_server.uris import check_health, client_host, is_loopback, mask_password, probe_health
 
 __all__ = ["ServerInfo", "ServerSettings", "ServerStatus", "build_command", "probe_health", "start", "status", "stop"]

@@ -8,8 +8,8 @@ those of ``labelmix.platform.trial_table`` for them: only FINISHED trials count,
 the best quality within the budget.
 
 The CLI imports this module to build its parser, so the module itself imports only the standard
-library (and trial_table, which does too); MLflow, pandas and the tracking module (which imports Ray)
-load when a command runs.
+library (and trial_table, which does too); MLflow, pandas and mlflow_runs (which imports no Ray) load
+when a command runs.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def open_store(uri: str):
     """An MlflowClient for ``uri``, after checking that there is something to read there."""
     from mlflow import MlflowClient
 
-    from labelmix.platform.tracking import check_reachable
+    from labelmix.platform.mlflow_runs import check_reachable
 
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///"):]
@@ -80,7 +80,7 @@ def find_study_run(client, experiment, study: Optional[str] = None):
     condition = f"tags.`{TAG_ROLE}` = 'study'"
     if study:
         condition += f" and tags.`{TAG_STUDY}` = '{study}'"
-    from labelmix.platform.tracking import search_all
+    from labelmix.platform.mlflow_runs import search_all
 
     runs = client.search_runs([experiment.experiment_id], condition, order_by=["attributes.start_time DESC"],
                               max_results=1)
@@ -116,7 +116,7 @@ def trials_table(client, experiment_id: str, parent_id: str, objectives=None) ->
     ``pareto`` column flagged on ``objectives`` (default val/miou max, cost/hours min)."""
     import pandas as pd
 
-    from labelmix.platform.tracking import search_all
+    from labelmix.platform.mlflow_runs import search_all
 
     rows = []
     for run in search_all(client, [experiment_id], f"tags.`{TAG_PARENT}` = '{parent_id}'",
@@ -176,7 +176,7 @@ def cmd_frontier(args) -> int:
     table = trials_table(client, experiment.experiment_id, parent.info.run_id, study_objectives(parent))
     front = frontier_rows(table)
     if args.log:
-        from labelmix.platform.tracking import log_frontier
+        from labelmix.platform.mlflow_runs import log_frontier
 
         log_frontier(client, parent.info.run_id, table, dict(zip(table["trial_id"], table["run_id"])), title=study)
     out = Path(args.out) if args.out else None

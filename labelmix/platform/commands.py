@@ -8,6 +8,7 @@ auto`` / ``HOST:PORT`` of a cluster this machine is a node of), or, with the Ray
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 import time
 
 from labelmix.errors import UserError
@@ -24,12 +25,15 @@ def cmd_spaces(args) -> int:
 
 
 def cmd_check(args) -> int:
+    from labelmix.platform.paths import check_before_start
     from labelmix.platform.spec import check_storage, load_spec, smoke_spec
 
     spec, _ = load_spec(args.spec)
     if args.smoke:
         spec = smoke_spec(spec)
     check_storage(spec.storage.path, f"{args.spec}: storage.path")  # as submit does
+    storage = spec.storage.path
+    check_before_start(spec, None if "://" in storage else Path(storage).expanduser() / spec.name)
     reference = f" + the reference ({spec.reference_case['name']})" if spec.reference_case else ""
     print(f"{args.spec}: valid study spec {spec.name!r}: {spec.search.trials} trials{reference}, "
           f"{spec.search.algorithm} search, {spec.scheduler.type} scheduler, "
@@ -79,7 +83,7 @@ def _print_result(result) -> int:
 def _print_browsing(study_dir) -> None:
     """The report (written now, and logged to the study's MLflow run) and the MLflow links."""
     from labelmix.platform.report import log_report, write_report
-    from labelmix.platform.tracking import browse_command, study_links
+    from labelmix.platform.mlflow_links import browse_command, study_links
 
     try:
         report = write_report(study_dir)
@@ -157,6 +161,7 @@ def cmd_submit(args) -> int:
 
     from labelmix.mlflow_server import split_credentials
     from labelmix.platform.cluster import JOB_SPEC_FILE, is_jobs_address, job_entrypoint, job_env, submit_job
+    from labelmix.platform.paths import check_before_start
     from labelmix.platform.spec import check_storage, load_spec, smoke_spec
 
     spec, _ = load_spec(args.spec)

@@ -1,21 +1,25 @@
 """The local files a study spec names, checked without writing anything: the dataset store
-(``dataset.path``, whose metadata and three small columns are read, never the images) and the
-study folder (``storage.path``, refused when it cannot be created, without creating it).
+(``dataset.path``: ``check_store`` reads its metadata and three small columns, never the images;
+``check_before_start`` reads it whole, against its fingerprint) and the study folder
+(``storage.path``, refused when it cannot be created, without creating it, or when its disk is full).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 from urllib.parse import urlsplit
 
 from labelmix.errors import UserError
 
-__all__ = ["check_storage", "check_store"]
+__all__ = ["check_before_start", "check_free_space", "check_storage", "check_store"]
 
 # Virtual filesystems: a study folder there cannot be created, whatever the permissions say.
 VIRTUAL_ROOTS = ("/proc", "/sys", "/dev")
+# Free space a local study folder needs before anything starts: its MLflow store, the synthetic
+# dataset and the first checkpoints. A floor that catches a full disk, not a forecast of the study.
+MIN_FREE_MB = 64
 
 
 def check_store(local: Path, path: str) -> None:
@@ -81,3 +85,33 @@ def check_storage(path: str, where: str = "storage.path") -> None:
         verb = "written" if existing == full else "created"
         why = "on a read-only filesystem" if read_only else "not writable by this user"
         raise UserError(f"{where}: {path} cannot be {verb}: {existing} is {why}")
+
+
+def check_free_space(directory: Path, minimum_mb: int = MIN_FREE_MB) -> None:
+    """A local study folder (or the nearest folder above it that exists) must have ``minimum_mb`` free."""
+    existing = Path(directory)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    stats = os.statvfs(existing)
+    free_mb = stats.f_bavail * stats.f_frsize / 2**20
+    if free_mb < minimum_mb:
+        raise UserError(f"storage.path: {directory}: only {free_mb:.1f} MiB free on the filesystem of {existing}; "
+                        f"a study needs at least {minimum_mb} MiB there (its MLflow store, dataset and "
+                        "checkpoints); free some space or choose another storage.path")
+
+
+def check_before_start(spec, local_folder: Optional[Path]) -> None:
+    """What is only known by looking at the disk, checked by `check` and, before Ray starts and before
+    anything is written, by `submit`: room for the study folder (``local_folder``; None for a study
+    on an object store), and a dataset store whose content still matches its fingerprint (this
+    reads the whole store once)."""
+    from labelmix.trainables.data.store import verify_store
+
+    if local_folder is not None:
+        check_free_space(local_folder)
+    path = spec.dataset.path
+    if path is not None and "://" not in path and Path(path).is_file():
+        try:
+            verify_store(path)
+        except UserError as exc:
+            raise UserError(f"dataset.path: {exc}") from None

@@ -344,7 +344,7 @@ def log_report(study_dir: Path, path: Path, tracking_uri: Optional[str] = None) 
     ``mlflow_runs.json``; returns the run id, or None when the study has no such record."""
     from labelmix.mlflow_server import mask_password
     from labelmix.platform.browse import open_store
-    from labelmix.platform.tracking import use_credentials
+    from labelmix.platform.mlflow_runs import use_credentials
 
     record = Path(study_dir) / RUNS_FILE
     if not record.is_file():

@@ -17,6 +17,7 @@ process is this machine alone: its trials read the file where it is.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -32,14 +33,16 @@ from ray import tune
 
 from labelmix.errors import UserError
 from labelmix.platform.cluster import attach, check_storage, cluster_shape, is_shared_path, scheme_of
+from labelmix.platform.paths import check_before_start
 from labelmix.platform.progress import Progress
 from labelmix.platform.results import ResultsTable
 from labelmix.platform.trial_table import FRONTIER_FILE, TRIALS_FILE, frontier_of, read_table
-from labelmix.platform.space import optuna_grid, reference_point, tune_param_space
+from labelmix.platform.searcher import BACKUP_FILE, StudyGenerator, make_searcher, put_back_saved_searcher
+from labelmix.platform.space import tune_param_space
 from labelmix.platform.spec import StudySpec, load_spec
 from labelmix.platform.tracking import study_tracking
 from labelmix.platform.trainable import DatasetSource, run_trial
-from labelmix.trainables.data.store import read_metadata, verify_store
+from labelmix.trainables.data.store import read_metadata
 from labelmix.trainables.data.synth_store import synthetic_store
 
 log = logging.getLogger(__name__)
@@ -47,9 +50,6 @@ log = logging.getLogger(__name__)
 SPEC_FILE = "spec.yaml"
 STORE_FILE = "data.parquet"
 MIRROR_ENV = "LABELMIX_MIRROR_DIR"
-# Free space a local study folder needs before anything starts: its MLflow store, the synthetic
-# dataset and the first checkpoints. A floor that catches a full disk, not a forecast of the study.
-MIN_FREE_MB = 64
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,33 @@ class StudyFolder:
         fs, path = self._remote(name)
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
+    def matching(self, pattern: str) -> list[str]:
+        """Names of the files directly in the folder that match ``pattern`` (a glob), newest first."""
+        if not self.remote:
+            files = [p for p in self.local.glob(pattern) if p.is_file()]
+            return [p.name for p in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)]
+        import pyarrow.fs as pafs
+
+        fs, base = self._remote("")
+        infos = [i for i in fs.get_file_info(pafs.FileSelector(base.rstrip("/"), allow_not_found=True))
+                 if i.type == pafs.FileType.File and fnmatch.fnmatch(i.base_name, pattern)]
+        return [i.base_name for i in sorted(infos, key=lambda i: i.mtime_ns or 0, reverse=True)]
+
+    def read_bytes(self, name: str) -> bytes:
+        if not self.remote:
+            return (self.local / name).read_bytes()
+        fs, path = self._remote(name)
+        with fs.open_input_file(path) as handle:
+            return handle.readall()
+
+    def move_aside(self, name: str, suffix: str) -> None:
+        """Rename a file so that no pattern of the same extension matches it any more."""
+        if not self.remote:
+            (self.local / name).rename(self.local / f"{name}{suffix}")
+            return
+        fs, path = self._remote(name)
+        fs.move(path, f"{path}{suffix}")
+
     def upload(self, *names: str) -> None:
         """Copy the named local files to the remote folder (missing local files are skipped)."""
         if not self.remote:
@@ -176,36 +203,6 @@ class SyncedResultsTable(ResultsTable):
             self.folder.upload(TRIALS_FILE, FRONTIER_FILE)
         except OSError as exc:  # a network hiccup must not end the study; the next write retries
             log.warning("could not copy the trial table to %s: %s", self.folder.uri, exc)
-
-
-def objective_lists(spec: StudySpec) -> tuple[list[str], list[str]]:
-    return [o.metric for o in spec.objectives], [o.mode for o in spec.objectives]
-
-
-def make_searcher(spec: StudySpec):
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    algorithm, seed = spec.search.algorithm, spec.search.seed
-    if algorithm == "tpe":
-        startup = spec.search.startup_trials
-        sampler = optuna.samplers.TPESampler(seed=seed, **({"n_startup_trials": startup} if startup is not None else {}))
-    elif algorithm == "nsga2":
-        population = spec.search.population_size or max(4, spec.search.concurrency * 2)
-        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
-    elif algorithm == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:  # grid
-        sampler = optuna.samplers.GridSampler(optuna_grid(spec), seed=seed)
-    metrics, modes = objective_lists(spec)
-    if len(metrics) == 1:
-        metrics, modes = metrics[0], modes[0]
-    searcher = OptunaSearch(metric=metrics, mode=modes, sampler=sampler, seed=seed)
-    if spec.reference_case is None:
-        return searcher
-    from labelmix.platform.reference import ReferenceFirst
-
-    return ReferenceFirst(searcher, reference_point(spec))
 
 
 def make_scheduler(spec: StudySpec):
@@ -290,16 +287,19 @@ def build_tuner(spec: StudySpec, folder: StudyFolder | Path, callbacks: list, re
         {"cpu": cpus, "gpu": gpus},
     )
     if restore:
+        put_back = put_back_saved_searcher(folder)
+        if put_back:
+            log.warning("%s: Tune's saved searcher state was missing or unreadable; restored %s from %s",
+                        folder.location, ", ".join(put_back), BACKUP_FILE)
         return tune.Tuner.restore(folder.location, trainable=trainable, resume_errored=True)
     num_samples = spec.total_trials
     return tune.Tuner(
         trainable,
         param_space=tune_param_space(spec),
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec),
+            search_alg=StudyGenerator(make_searcher(spec), spec.search.concurrency, folder),
             scheduler=make_scheduler(spec),
             num_samples=num_samples,
-            max_concurrent_trials=spec.search.concurrency,
             reuse_actors=True,  # measured here: 40 one-second trials, 81 s without, 24 s with
         ),
         run_config=tune.RunConfig(
@@ -311,32 +311,6 @@ def build_tuner(spec: StudySpec, folder: StudyFolder | Path, callbacks: list, re
             verbose=0,
         ),
     )
-
-
-def check_free_space(directory: Path, minimum_mb: int = MIN_FREE_MB) -> None:
-    """A local study folder (or the nearest folder above it that exists) must have ``minimum_mb`` free."""
-    existing = Path(directory)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    stats = os.statvfs(existing)
-    free_mb = stats.f_bavail * stats.f_frsize / 2**20
-    if free_mb < minimum_mb:
-        raise UserError(f"storage.path: {directory}: only {free_mb:.1f} MiB free on the filesystem of {existing}; "
-                        f"a study needs at least {minimum_mb} MiB there (its MLflow store, dataset and "
-                        "checkpoints); free some space or choose another storage.path")
-
-
-def check_before_start(spec: StudySpec, folder: StudyFolder) -> None:
-    """What is only known by looking at the disk, checked before Ray starts and before anything is
-    written: room for the study folder, and a dataset store whose content still matches its fingerprint."""
-    if not folder.remote:
-        check_free_space(folder.local)
-    path = spec.dataset.path
-    if path is not None and not scheme_of(path) and Path(path).is_file():
-        try:
-            verify_store(path)
-        except UserError as exc:
-            raise UserError(f"dataset.path: {exc}") from None
 
 
 def start_ray(address: Optional[str], spec: StudySpec) -> None:
@@ -369,7 +343,7 @@ def run_study(spec: StudySpec, source_text: str, address: Optional[str] = None, 
             f"{folder.location}: a study named {spec.name!r} already exists there; `labelmix resume "
             f"{folder.location}` continues it, or change `name` / `storage.path`"
         )
-    check_before_start(spec, folder)
+    check_before_start(spec, None if folder.remote else folder.local)
     start_ray(address, spec)
     if address:  # a local Ray is one node; an attached cluster may spread trials over many
         check_storage(spec.storage.path, cluster_shape(spec.resources.cpus, spec.resources.gpus))

@@ -2,7 +2,7 @@
 the budget recommendation and the frontier as text.
 
 One row per trial: ``trial_id``, ``status``, metrics by their DESIGN.md names, ``config/<field>``.
-The Tune callback of results.py keeps it (``trials.parquet``, ``frontier.parquet``), tracking.py logs
+The Tune callback of results.py keeps it (``trials.parquet``, ``frontier.parquet``), mlflow_runs.py logs
 its frontier to MLflow, browse.py rebuilds it from MLflow runs; all of them use the functions here.
 
 Objectives are (metric, mode) pairs, as a spec's ``objectives`` lists them. The frontier has two axes

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from labelmix.errors import UserError
 from labelmix.platform import browse
-from labelmix.platform.tracking import artifact_location
+from labelmix.platform.mlflow_runs import artifact_location
 from labelmix.platform.trial_table import frontier_rows
 
 # trial id -> (cost/hours, val/miou, MLflow status, mix full/box/global/none)

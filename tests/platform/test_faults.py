@@ -233,7 +233,7 @@ OUTAGE_S = 30
 
 def test_a_tracking_server_down_for_30_s_loses_no_trial_and_no_metric(tmp_path, free_port):
     from labelmix.mlflow_server import ServerSettings, start, stop
-    from labelmix.platform.tracking import metric_values
+    from labelmix.platform.mlflow_runs import metric_values
 
     settings = ServerSettings(state_dir=tmp_path / "server", port=free_port)
     info = start(settings)
@@ -317,6 +317,17 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path)
     assert by_case["stable"].info.status == "FINISHED" and "labelmix.error" not in by_case["stable"].data.tags
 
 
+def test_a_diverging_train_run_stops_with_one_line(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({**BASE["fixed"], "lr": 1e12, "dataset": BASE["dataset"]}))
+    proc = cli("train", str(config), "--out", str(tmp_path / "run"), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("labelmix:")]
+    assert line.startswith("labelmix: training stopped: non-finite loss at epoch 1, step ")
+    assert line.endswith(f"a lower lr (now 1e+12) or loss weights usually help; the epochs before are in "
+                         f"{tmp_path / 'run' / 'metrics.jsonl'}")
+
+
 # --- 5. storage that cannot hold a study; a dataset store changed after it was written ---------------
 
 
@@ -369,13 +380,14 @@ def test_unwritable_storage_is_refused_by_check_and_submit(case, tmp_path, tmpfs
     assert list(mount.iterdir()) == []
 
 
-def test_full_storage_is_refused_at_submit(tmp_path, tmpfs):
+def test_full_storage_is_refused_by_check_and_submit(tmp_path, tmpfs):
     mount = tmpfs("full", "size=64k")
     spec = write_spec(tmp_path / "spec", storage={"path": str(mount / "studies")})
-    proc = cli("submit", str(spec), cwd=tmp_path, timeout=300)
-    _refused(proc, f"labelmix: error: storage.path: {mount}/studies/faults: only 0.1 MiB free on the filesystem of "
-                   f"{mount}; a study needs at least 64 MiB there")
-    assert list(mount.iterdir()) == []
+    for command in ("check", "submit"):
+        proc = cli(command, str(spec), cwd=tmp_path, timeout=300)
+        _refused(proc, f"labelmix: error: storage.path: {mount}/studies/faults: only 0.1 MiB free on the filesystem "
+                       f"of {mount}; a study needs at least 64 MiB there")
+        assert list(mount.iterdir()) == []
 
 
 def test_a_store_changed_after_it_was_written_is_refused_before_training(tmp_path):
@@ -397,8 +409,8 @@ def test_a_store_changed_after_it_was_written_is_refused_before_training(tmp_pat
     message = (f"{altered}: the store's content does not match the fingerprint recorded when it was written (")
 
     spec = write_spec(tmp_path / "spec", dataset={"path": str(altered)})
-    assert cli("check", str(spec), cwd=tmp_path, timeout=300).returncode == 0  # check reads no images
-    _refused(cli("submit", str(spec), cwd=tmp_path, timeout=300), f"labelmix: error: dataset.path: {message}")
+    for command in ("check", "submit"):
+        _refused(cli(command, str(spec), cwd=tmp_path, timeout=300), f"labelmix: error: dataset.path: {message}")
     assert not (tmp_path / "spec" / "studies").exists()
 
     config = tmp_path / "train.yaml"

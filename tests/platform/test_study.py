@@ -58,7 +58,20 @@ def _terminated(study: Path) -> pd.DataFrame:
     return table[table["status"] == "TERMINATED"] if len(table) else table
 
 
-def test_resume_after_the_driver_is_killed(tmp_path):
+def _lose_searcher(study: Path, how: str) -> None:
+    """What a driver killed while Tune copied its state can leave: the searcher's files missing or cut short."""
+    from labelmix.platform.searcher import SAVED_STATE
+
+    for pattern in SAVED_STATE:
+        for path in study.glob(pattern):
+            if how == "missing":
+                path.unlink()
+            else:
+                path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("searcher_state", ["saved", "missing", "cut short"])
+def test_resume_after_the_driver_is_killed(tmp_path, searcher_state):
     spec = write_spec(tmp_path, search={"algorithm": "tpe", "trials": 4, "concurrency": 1, "seed": 0},
                       fixed={**TINY_STUDY["fixed"], "epochs": 3, "steps_per_epoch": 4})
     study = tmp_path / "studies" / "tiny"
@@ -71,11 +84,15 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     assert 1 <= len(done_before) < 4, "the driver must be killed mid-study"
+    if searcher_state != "saved":
+        _lose_searcher(study, searcher_state)
 
     proc = cli("resume", str(study), cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = pd.read_parquet(study / "trials.parquet")
-    assert len(table) == 4 and set(table["status"]) == {"TERMINATED"}
+    assert len(table) == 4 and set(table["status"]) == {"TERMINATED"}, proc.stdout + proc.stderr
+    # the searcher went on where it was (or was rebuilt from the restored trials): 4 distinct configs
+    assert len(table.filter(like="config/").astype(str).drop_duplicates()) == 4
     # finished trials were not rerun: same end time, and Tune's result log holds one line per epoch
     after = table.set_index("trial_id").loc[done_before["trial_id"]]
     assert list(after["ended_at"]) == list(done_before["ended_at"])

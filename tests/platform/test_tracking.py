@@ -11,21 +11,9 @@ from mlflow import MlflowClient
 from ray.tune import Checkpoint
 from ray.tune.experiment import Trial
 
-from labelmix.errors import UserError
-from labelmix.platform.tracking import (
-    MlflowTracking,
-    artifact_url,
-    browse_command,
-    check_reachable,
-    experiment_url,
-    frontier_runs_url,
-    metric_values,
-    parent_run_url,
-    resolve_tracking_uri,
-    runs_view,
-    study_links,
-    trials_runs_url,
-)
+from labelmix.platform.mlflow_links import runs_view
+from labelmix.platform.mlflow_runs import check_reachable
+from labelmix.platform.tracking import MlflowTracking
 from labelmix.platform.trial_table import RUNS_FILE
 
 # trial id -> (mix, ds_type, cost/hours, val/miou at epochs 1 and 2, outcome)
@@ -254,6 +242,33 @@ def test_callback_survives_pickling(mlflow_db, tmp_path):
     callback.flush()
 
 
+def test_a_callback_pickled_before_the_writer_kept_the_failures_restores(mlflow_db, tmp_path, monkeypatch):
+    """A study started before tracking_writer.py has its callback in tuner.pkl with ``failures`` and
+    ``disabled`` on it and no ``_child_runs``: it restores, reattaches its runs and logs."""
+    from ray import cloudpickle
+
+    callback = make_callback(mlflow_db, tmp_path / "study")
+    trial = stub_trials()[0]
+    callback.on_trial_start(0, [trial], trial)
+    assert callback.flush(timeout_s=60)
+
+    def old_getstate(self):
+        state = {k: v for k, v in self.__dict__.items() if k != "_child_runs"}
+        state.update(_client=None, _writer=None, checkpoints={}, _started=set(), failures=0, disabled=False)
+        return state
+
+    monkeypatch.setattr(MlflowTracking, "__getstate__", old_getstate)
+    pickled = cloudpickle.dumps(callback)
+    monkeypatch.undo()
+    copy = cloudpickle.loads(pickled)
+    assert not {"failures", "disabled", "_child_runs"} & set(vars(copy)) and not copy.disabled
+    copy.on_trial_result(0, [trial], trial, {"epoch": 1.0, "val/miou": 0.5})
+    assert copy.flush(timeout_s=60)
+    assert copy.child_ids == callback.child_ids
+    history = MlflowClient(mlflow_db).get_metric_history(callback.child_ids[trial.trial_id], "val/miou")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5)]
+
+
 def test_server_study_and_ui(mlflow_server, tmp_path):
     uri = mlflow_server.uri
     check_reachable(uri)
@@ -271,35 +286,6 @@ def test_server_study_and_ui(mlflow_server, tmp_path):
     assert {r.data.tags["labelmix.trial_id"] for r in front} == FRONTIER
     # artifacts went through the server's proxy, not a client-side path
     assert client.list_artifacts(children["t_best"].info.run_id, "model")[0].file_size > 0
-
-
-def test_check_reachable_closed_port(closed_port):
-    with pytest.raises(UserError, match=r"not reachable .*labelmix server start"):
-        check_reachable(f"http://127.0.0.1:{closed_port}")
-    check_reachable("sqlite:///nowhere.db")  # only servers are checked
-
-
-def test_resolve_tracking_uri(tmp_path, monkeypatch):
-    class Spec:
-        class tracking:
-            uri = None
-
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert resolve_tracking_uri(None, Spec, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
-    assert resolve_tracking_uri(None, Spec, tmp_path) == "http://env:5000"
-    Spec.tracking.uri = "http://spec:5000"
-    assert resolve_tracking_uri(None, Spec, tmp_path) == "http://spec:5000"
-    assert resolve_tracking_uri("http://cli:5000", Spec, tmp_path) == "http://cli:5000"
-
-
-def test_metric_values_keep_known_numeric_names():
-    result = {"val/miou": 0.5, "test/miou": math.nan, "cost/hours": 3, "epoch": 2.0, "time/epoch_s": 1.0,
-              "labels/full": 4, "train/loss": float("inf"), "time_total_s": 9.0, "status/over_budget": 1.0,
-              "done": True, "val/name": "x", "config": {}}
-    values = metric_values(result)
-    assert set(values) == {"val/miou", "test/miou", "cost/hours", "epoch", "time/epoch_s", "labels/full"}
-    assert math.isnan(values["test/miou"])
 
 
 def test_hooks_cost_microseconds(mlflow_db, tmp_path):
@@ -370,84 +356,6 @@ def test_study_tracking_for_a_builtin_spec(mlflow_db, tmp_path):
     params = client.get_run(tracking.child_ids["q1"]).data.params
     assert params["mix.full"] == "0.25" and params["mix.none"] == "0.5"  # weights normalised to fractions
     assert params["ds_type"] == "none" and params["epochs"] == str(decoded_config(spec, trial)["epochs"])
-
-
-# --- what a user clicks ---------------------------------------------------------------------------
-
-UI = "http://127.0.0.1:5000"
-
-
-def test_frontier_runs_url_filters_on_the_pareto_tag_in_the_training_runs_view():
-    # workflowType=machine_learning: MLflow 3.17 opens the model-training side, not the GenAI overview
-    assert frontier_runs_url(UI + "/", "3") == (
-        "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
-        "&searchFilter=tags.pareto%20%3D%20%22true%22&orderByKey=metrics.%60cost%2Fhours%60&orderByAsc=true")
-    # a study's shared view (filter, order and columns in the experiment tag)
-    assert frontier_runs_url(UI, "3", "quickstart") == (
-        "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
-        "&viewStateShareKey=labelmix-quickstart-frontier")
-    assert trials_runs_url(UI, "3", "quickstart") == (
-        "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
-        "&viewStateShareKey=labelmix-quickstart-trials")
-    assert experiment_url(UI, "3") == "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
-    for url in (frontier_runs_url("sqlite:///x.db", "3"), trials_runs_url("file:///m", "3", "q"),
-                experiment_url("databricks", "3")):
-        assert url is None  # a file store has no UI to link to
-
-
-def test_parent_run_and_artifact_urls():
-    assert parent_run_url(UI, "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
-    assert artifact_url(UI, "3", "abc", "frontier.html") == (
-        "http://127.0.0.1:5000/#/experiments/3/runs/abc/artifacts/frontier.html?workflowType=machine_learning")
-    assert artifact_url(UI, "3", "abc", "model/state pt") == (
-        "http://127.0.0.1:5000/#/experiments/3/runs/abc/artifacts/model/state%20pt?workflowType=machine_learning")
-    assert parent_run_url("sqlite:///x.db", "3", "abc") is None and artifact_url("sqlite:///x.db", "3", "a", "f") is None
-
-
-def test_runs_views_show_mix_cost_and_quality():
-    frontier = runs_view("quickstart", "frontier", settings=("mix.full", "ds_type"))
-    assert frontier == {
-        "searchFilter": 'tags.`labelmix.study` = "quickstart" and tags.pareto = "true"',
-        "orderByKey": "metrics.`cost/hours`", "orderByAsc": True,
-        "selectedColumns": ["params.`mix.full`", "params.`mix.box`", "params.`mix.global`", "params.`mix.none`",
-                            "params.`ds_type`", "metrics.`cost/hours`", "metrics.`val/miou`",
-                            "metrics.`cost/reduction`", "tags.`case`", "tags.`pareto`"],
-    }
-    trials = runs_view("quickstart", "trials", settings=("mix.full", "ds_type"))
-    assert trials == {**frontier, "searchFilter": 'tags.`labelmix.study` = "quickstart" and tags.`labelmix.trial_id` != ""',
-                      "orderByKey": "metrics.`val/miou`", "orderByAsc": False}
-    # the frontier axes follow the objectives: Dice against the cost reduction (higher is cheaper)
-    dice = runs_view("s", "frontier", [("val/mdice", "max"), ("cost/reduction", "max")])
-    assert (dice["orderByKey"], dice["orderByAsc"]) == ("metrics.`cost/reduction`", False)
-    assert dice["selectedColumns"][4:8] == ["metrics.`cost/reduction`", "metrics.`val/mdice`", "metrics.`cost/hours`",
-                                            "metrics.`val/miou`"]
-    with pytest.raises(ValueError, match="view"):
-        runs_view("s", "best")
-
-
-def test_study_links_from_the_runs_file(tmp_path):
-    record = {"uri": "http://user:***@127.0.0.1:5000/", "experiment": "quickstart", "experiment_id": "4",
-              "study": "quickstart", "parent": "p1", "children": {"t1": "c1"}}
-    (tmp_path / RUNS_FILE).write_text(json.dumps(record))
-    ml = "?workflowType=machine_learning"
-    assert study_links(tmp_path) == {
-        "frontier": f"http://127.0.0.1:5000/#/experiments/4/runs{ml}&viewStateShareKey=labelmix-quickstart-frontier",
-        "trials": f"http://127.0.0.1:5000/#/experiments/4/runs{ml}&viewStateShareKey=labelmix-quickstart-trials",
-        "study run": f"http://127.0.0.1:5000/#/experiments/4/runs/p1{ml}",
-        "frontier plot": f"http://127.0.0.1:5000/#/experiments/4/runs/p1/artifacts/frontier.html{ml}",
-    }
-    (tmp_path / "report.html").write_text("<html></html>")
-    assert study_links(tmp_path)["report"] == f"http://127.0.0.1:5000/#/experiments/4/runs/p1/artifacts/report.html{ml}"
-    assert browse_command(tmp_path) is None
-
-    # a SQLite store in the study folder: no links, a command that serves it; then the links of that server
-    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    (tmp_path / RUNS_FILE).write_text(json.dumps({**record, "uri": db}))
-    assert study_links(tmp_path) == {}
-    assert browse_command(tmp_path, port=5001) == (
-        f"labelmix server start --backend-store-uri {db} --state-dir {tmp_path.resolve() / 'mlflow-server'} --port 5001")
-    assert study_links(tmp_path, server="http://127.0.0.1:5001")["study run"] == f"http://127.0.0.1:5001/#/experiments/4/runs/p1{ml}"
-    assert study_links(tmp_path / "nowhere") == {} and browse_command(tmp_path / "nowhere") is None
 
 
 def test_experiment_is_tagged_for_training_with_the_study_views(mlflow_db, tmp_path):

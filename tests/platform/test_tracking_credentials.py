@@ -11,7 +11,7 @@ import pytest
 
 from labelmix.errors import UserError
 from labelmix.mlflow_server import split_credentials
-from labelmix.platform.tracking import check_reachable, use_credentials
+from labelmix.platform.mlflow_runs import check_reachable, use_credentials
 
 
 def test_an_unreachable_server_is_named_without_its_password(closed_port):

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from labelmix.platform.tracking import experiment_url, frontier_runs_url, study_links
+from labelmix.platform.mlflow_links import experiment_url, frontier_runs_url, study_links
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
