@@ -1,4 +1,4 @@
-"""Studies on a Ray cluster: where the driver runs, which storage every node sees, Ray Jobs.
+"""Studies on a Ray cluster: where the driver runs, what the cluster holds, Ray Jobs, launcher files.
 
 ``labelmix submit SPEC --address ADDR`` picks one of two ways by the address:
 
@@ -11,9 +11,10 @@
   ``setup_commands`` do it).
 
 Storage: on a cluster of more than one node the study folder must be visible from every node,
-because trials write their checkpoints and results from the node they run on. ``s3://`` and
-``gs://`` URIs are (Tune writes through pyarrow's filesystems); a local path only when it lies on
-a network or FUSE filesystem (``/proc/mounts``), or when ``LABELMIX_SHARED_STORAGE=1`` says so.
+because trials write their checkpoints and results from the node they run on. Which paths are
+(``labelmix.platform.storage``) and the refusal of those that are not
+(``storage_checks.check_shared_storage``, given this module's :func:`cluster_shape`) live with the
+other storage code.
 
 Cluster files: :func:`validate_cluster_file` checks ``cluster.yaml`` / ``cluster.local.yaml``
 with Ray's own cluster-launcher validation (``ray/autoscaler/ray-schema.json``).
@@ -24,27 +25,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import re
 import shlex
 import socket
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, TextIO
-from urllib.parse import urlsplit
+from typing import Any, Mapping, Optional, TextIO
 
 from labelmix.errors import UserError
+from labelmix.platform.storage import SHARED_ENV
 
-SHARED_ENV = "LABELMIX_SHARED_STORAGE"
 DEFAULT_JOBS_ADDRESS = "http://127.0.0.1:8265"
 JOB_SPEC_FILE = "spec.yaml"
-# Filesystem types of /proc/mounts whose files other machines see too. fuseblk is left out: it is
-# a local disk read through FUSE (ntfs-3g, exfat).
-SHARED_FS_TYPES = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "glusterfs", "ceph", "beegfs", "gpfs", "panfs", "fuse",
-})
-REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "az")
 
 
 # --- addresses -----------------------------------------------------------------------------------
@@ -88,80 +81,7 @@ def attach(address: str) -> None:
         raise UserError(f"--address {address}: cannot attach to the Ray cluster: {hint}{token}") from None
 
 
-# --- storage -------------------------------------------------------------------------------------
-
-
-def scheme_of(path: str) -> str:
-    """``s3`` for ``s3://bucket/x``; ``file`` for ``file:///x``; ``""`` for a plain local path."""
-    return urlsplit(path).scheme.lower() if "://" in path else ""
-
-
-def is_remote(path: str) -> bool:
-    """A URI of an object store or distributed filesystem (not a local path, not ``file://``)."""
-    return scheme_of(path) not in ("", "file")
-
-
-def local_part(path: str) -> Path:
-    """The local filesystem path of a plain path or a ``file://`` URI (``~`` expanded)."""
-    if scheme_of(path) == "file":
-        return Path(urlsplit(path).path)
-    return Path(path).expanduser()
-
-
-def _unescape(field: str) -> str:
-    # /proc/mounts writes space, tab, newline and backslash as octal escapes (\040 ...).
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def parse_mounts(text: str) -> list[tuple[str, str]]:
-    """(mount point, filesystem type) per line of ``/proc/mounts``."""
-    mounts = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 3:
-            mounts.append((_unescape(parts[1]), parts[2]))
-    return mounts
-
-
-def _existing_resolved(path: Path) -> Path:
-    """``path`` with symlinks resolved as far as it exists (the study folder may not exist yet)."""
-    path = Path(os.path.abspath(path))
-    missing: list[str] = []
-    while not path.exists() and path != path.parent:
-        missing.append(path.name)
-        path = path.parent
-    return path.resolve().joinpath(*reversed(missing))
-
-
-def filesystem_type(path: str | Path, mounts: Optional[Iterable[tuple[str, str]]] = None) -> str:
-    """Filesystem type of the longest mount point holding ``path`` (``""`` when unknown)."""
-    if mounts is None:
-        try:
-            mounts = parse_mounts(Path("/proc/mounts").read_text())
-        except OSError:
-            return ""
-    target = _existing_resolved(Path(path))
-    best, fstype = -1, ""
-    for point, kind in mounts:  # a later mount over the same point hides the earlier one: keep the last
-        point_path = Path(point)
-        if (target == point_path or point_path in target.parents) and len(point) >= best:
-            best, fstype = len(point), kind
-    return fstype
-
-
-def is_shared_filesystem(fstype: str) -> bool:
-    return fstype in SHARED_FS_TYPES or (fstype.startswith("fuse.") and fstype != "fuseblk")
-
-
-def shared_by_env() -> bool:
-    return os.environ.get(SHARED_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-def is_shared_path(path: str, mounts: Optional[Iterable[tuple[str, str]]] = None) -> bool:
-    """Whether every node of a cluster can read ``path``: a remote URI, or a network/FUSE mount."""
-    if is_remote(path):
-        return True
-    return is_shared_filesystem(filesystem_type(local_part(path), mounts))
+# --- the cluster's shape -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -188,20 +108,6 @@ def cluster_shape(cpus: float, gpus: float) -> ClusterShape:
         mine.get("Resources", {}).get(name, 0.0) >= need for name, need in (("CPU", cpus), ("GPU", gpus)) if need > 0
     )
     return ClusterShape(nodes=len(alive), trials_fit_here=fits)
-
-
-def check_storage(path: str, shape: ClusterShape, mounts: Optional[Iterable[tuple[str, str]]] = None) -> None:
-    """Refuse a study folder that only one node of a multi-node cluster can see."""
-    if not shape.multi_node or is_shared_path(path, mounts) or shared_by_env():
-        return
-    where = f"{shape.nodes} nodes" if shape.nodes > 1 else "trials that run on other nodes than this one"
-    fstype = filesystem_type(local_part(path), mounts) or "unknown"
-    raise UserError(
-        f"storage.path: {path} is a local folder ({fstype} filesystem), but this cluster has {where}; trials "
-        f"write their results where they run. Use s3://BUCKET/studies or gs://BUCKET/studies, or a folder on "
-        f"NFS (or another network filesystem) mounted on every node; if {path} is shared in a way labelmix "
-        f"cannot see, set {SHARED_ENV}=1"
-    )
 
 
 # --- Ray Jobs ------------------------------------------------------------------------------------

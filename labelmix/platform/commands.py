@@ -8,7 +8,6 @@ auto`` / ``HOST:PORT`` of a cluster this machine is a node of), or, with the Ray
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 import time
 
 from labelmix.errors import UserError
@@ -25,15 +24,14 @@ def cmd_spaces(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from labelmix.platform.paths import check_before_start
-    from labelmix.platform.spec import check_storage, load_spec, smoke_spec
+    from labelmix.platform.spec import load_spec, smoke_spec
+    from labelmix.platform.storage_checks import check_before_start, check_storage
 
     spec, _ = load_spec(args.spec)
     if args.smoke:
         spec = smoke_spec(spec)
     check_storage(spec.storage.path, f"{args.spec}: storage.path")  # as submit does
-    storage = spec.storage.path
-    check_before_start(spec, None if "://" in storage else Path(storage).expanduser() / spec.name)
+    check_before_start(spec)
     reference = f" + the reference ({spec.reference_case['name']})" if spec.reference_case else ""
     print(f"{args.spec}: valid study spec {spec.name!r}: {spec.search.trials} trials{reference}, "
           f"{spec.search.algorithm} search, {spec.scheduler.type} scheduler, "
@@ -43,7 +41,7 @@ def cmd_check(args) -> int:
 
 def _unique_name(spec, smoke: bool):
     """Studies never overwrite each other: a second run of one spec gets a time suffix."""
-    from labelmix.platform.study import study_exists
+    from labelmix.platform.storage import study_exists
 
     name = f"{spec.name}-smoke" if smoke else spec.name
     spec = spec.model_copy(update={"name": name})
@@ -133,7 +131,7 @@ def _for_cluster_job(spec):
     relative to the home folder on the head instead. A dataset file on this machine's disk is not
     on the cluster: refused, with the ways to get it there.
     """
-    from labelmix.platform.cluster import SHARED_ENV, is_shared_path, scheme_of, shared_by_env
+    from labelmix.platform.storage import SHARED_ENV, is_shared_path, scheme_of, shared_by_env
 
     storage = spec.storage.path
     if not scheme_of(storage) and not storage.startswith(("/", "~")):
@@ -161,8 +159,8 @@ def cmd_submit(args) -> int:
 
     from labelmix.mlflow_server import split_credentials
     from labelmix.platform.cluster import JOB_SPEC_FILE, is_jobs_address, job_entrypoint, job_env, submit_job
-    from labelmix.platform.paths import check_before_start
-    from labelmix.platform.spec import check_storage, load_spec, smoke_spec
+    from labelmix.platform.spec import load_spec, smoke_spec
+    from labelmix.platform.storage_checks import check_storage
 
     spec, _ = load_spec(args.spec)
     if args.smoke:

@@ -252,12 +252,6 @@ def param_values(config: Mapping[str, Any]) -> dict[str, str]:
     return {key: str(value)[:MAX_PARAM] for key, value in flatten(config).items()}
 
 
-def chunks(items: list, size: int):
-    """``items`` in runs of at most ``size`` (MLflow's limits per log_batch)."""
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def log_frontier(client, parent_run_id: str, table: pd.DataFrame, child_ids: Mapping[str, str],
                  checkpoints: Optional[Mapping[str, str]] = None, title: Optional[str] = None) -> pd.DataFrame:
     """Log the frontier of ``table`` (a trial table, see ``labelmix.platform.trial_table``, flagged

@@ -61,7 +61,7 @@ def make_searcher(spec: StudySpec):
 
 class StudyGenerator(SearchGenerator):
     """Tune's search generator, keeping a whole copy of every searcher state Tune saves in ``folder``
-    (a ``study.StudyFolder``). It carries the study's concurrency limit (Tune adds its own only
+    (a ``storage.StudyFolder``). It carries the study's concurrency limit (Tune adds its own only
     around a bare searcher)."""
 
     def __init__(self, searcher, concurrency: int, folder) -> None:

@@ -13,7 +13,7 @@ by check and submit) refuses a study folder that cannot be created, without crea
 The parts live beside this module: ``sections`` (the section models), ``axes`` (the search space
 parsed into ``Axis`` records, ``StudySpec.axes``, that ``labelmix.platform.space`` turns into
 Tune/Optuna distributions), ``assembly`` (a trial's plain config), ``trial_checks`` (what a trial
-would fail on) and ``paths`` (the dataset store and the study folder). Their public names are
+would fail on) and ``storage_checks`` (the dataset store and the study folder). Their public names are
 importable from here too. No Ray import here: checking a spec stays fast.
 """
 
@@ -28,10 +28,11 @@ from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_valid
 from labelmix.errors import UserError, load_yaml, validated
 from labelmix.platform.assembly import assemble_config, reference_config
 from labelmix.platform.axes import DISTRIBUTIONS, Axis, check_field, grid_points, parse_axis, parse_case, parse_cases, parse_mix
-from labelmix.platform.paths import check_storage, check_store
 from labelmix.platform.sections import (ALGORITHMS, OBJECTIVE_METRICS, SCHEDULERS, BudgetConfig, FailureConfig, Objective,
                                         ResourcesConfig, SchedulerConfig, SearchConfig, SmokeConfig, StorageConfig,
                                         Strict, TrackingConfig)
+from labelmix.platform.storage import scheme_of
+from labelmix.platform.storage_checks import check_storage, check_store
 from labelmix.platform.trial_checks import check_network, check_trial_configs, refuse_non_finite
 from labelmix.trainables.config import DataConfig, TrainConfig, load_config
 from labelmix.trainables.data.annotations import CostModel
@@ -205,7 +206,7 @@ class StudySpec(Strict):
 
     def _check_dataset(self) -> None:
         path = self.dataset.path
-        if path is None or "://" in path:
+        if path is None or scheme_of(path):
             return
         local = Path(path).expanduser()
         if not local.exists():

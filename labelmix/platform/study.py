@@ -3,10 +3,8 @@
 The study folder ``<storage>/<name>`` holds the spec (``spec.yaml``), Tune's experiment state,
 ``trials.parquet`` (one row per trial, rewritten as trials finish) and the frontier.
 
-Storage is a local folder or a URI (``s3://``, ``gs://``, ``file://``; pyarrow filesystems, which
-Tune writes through directly). With a URI the driver keeps a working copy of its own files
-(spec, trial table, frontier) in a local mirror folder and uploads them after every write; trials
-write their checkpoints and results to the URI from whichever node they run on.
+Storage is a local folder or a URI (``s3://``, ``gs://``, ``file://``): the study folder, its local
+mirror for a URI, and which paths every node sees are ``labelmix.platform.storage``'s.
 
 Dataset: a store on storage every node sees (a URI is downloaded once per node, a network mount is
 read in place) reaches the trials as is; on a cluster (``--address``) a store on this machine's
@@ -17,39 +15,35 @@ process is this machine alone: its trials read the file where it is.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import urlsplit
 
 import ray
 from ray import tune
 
 from labelmix.errors import UserError
-from labelmix.platform.cluster import attach, check_storage, cluster_shape, is_shared_path, scheme_of
-from labelmix.platform.paths import check_before_start
+from labelmix.platform.cluster import attach, cluster_shape
 from labelmix.platform.progress import Progress
 from labelmix.platform.results import ResultsTable
 from labelmix.platform.trial_table import FRONTIER_FILE, TRIALS_FILE, frontier_of, read_table
 from labelmix.platform.searcher import BACKUP_FILE, StudyGenerator, make_searcher, put_back_saved_searcher
 from labelmix.platform.space import tune_param_space
 from labelmix.platform.spec import StudySpec, load_spec
+# StudyFolder: Tune's tuner.pkl of a study started before storage.py names it labelmix.platform.study.StudyFolder.
+from labelmix.platform.storage import SPEC_FILE, StudyFolder, is_shared_path, scheme_of, store_fingerprint, study_folder
+from labelmix.platform.storage_checks import check_before_start, check_shared_storage
 from labelmix.platform.tracking import study_tracking
 from labelmix.platform.trainable import DatasetSource, run_trial
-from labelmix.trainables.data.store import read_metadata
 from labelmix.trainables.data.synth_store import synthetic_store
 
 log = logging.getLogger(__name__)
 
-SPEC_FILE = "spec.yaml"
 STORE_FILE = "data.parquet"
-MIRROR_ENV = "LABELMIX_MIRROR_DIR"
 
 
 @dataclass(frozen=True)
@@ -62,132 +56,6 @@ class StudyResult:
     def __post_init__(self):
         if not self.location:
             object.__setattr__(self, "location", str(self.study_dir))
-
-
-# --- where a study lives -------------------------------------------------------------------------
-
-
-def mirror_dir(uri: str) -> Path:
-    """The local working copy of a remote study folder (``$LABELMIX_MIRROR_DIR`` or the temp dir)."""
-    parts = urlsplit(uri)
-    root = Path(os.environ.get(MIRROR_ENV) or Path(tempfile.gettempdir()) / "labelmix-studies")
-    return root / parts.scheme / (parts.netloc or "_") / parts.path.strip("/")
-
-
-@dataclass(frozen=True)
-class StudyFolder:
-    """A study folder: ``local`` is the folder this process writes; ``uri`` the remote one, if any."""
-
-    local: Path
-    uri: Optional[str] = None
-
-    @classmethod
-    def at(cls, location: str | Path) -> "StudyFolder":
-        location = str(location)
-        if scheme_of(location):
-            uri = location.rstrip("/")
-            return cls(mirror_dir(uri), uri)
-        return cls(Path(location).expanduser().resolve())
-
-    @property
-    def remote(self) -> bool:
-        return self.uri is not None
-
-    @property
-    def location(self) -> str:
-        """The experiment folder as Tune sees it."""
-        return self.uri or str(self.local)
-
-    @property
-    def storage_path(self) -> str:
-        return self.uri.rsplit("/", 1)[0] if self.uri else str(self.local.parent)
-
-    @property
-    def name(self) -> str:
-        return self.location.rstrip("/").rsplit("/", 1)[-1]
-
-    def _remote(self, name: str):
-        import pyarrow.fs as pafs
-
-        fs, base = pafs.FileSystem.from_uri(self.uri)
-        return fs, f"{base.rstrip('/')}/{name}"
-
-    def has(self, name: str) -> bool:
-        if not self.remote:
-            return (self.local / name).exists()
-        import pyarrow.fs as pafs
-
-        fs, path = self._remote(name)
-        return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-    def matching(self, pattern: str) -> list[str]:
-        """Names of the files directly in the folder that match ``pattern`` (a glob), newest first."""
-        if not self.remote:
-            files = [p for p in self.local.glob(pattern) if p.is_file()]
-            return [p.name for p in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)]
-        import pyarrow.fs as pafs
-
-        fs, base = self._remote("")
-        infos = [i for i in fs.get_file_info(pafs.FileSelector(base.rstrip("/"), allow_not_found=True))
-                 if i.type == pafs.FileType.File and fnmatch.fnmatch(i.base_name, pattern)]
-        return [i.base_name for i in sorted(infos, key=lambda i: i.mtime_ns or 0, reverse=True)]
-
-    def read_bytes(self, name: str) -> bytes:
-        if not self.remote:
-            return (self.local / name).read_bytes()
-        fs, path = self._remote(name)
-        with fs.open_input_file(path) as handle:
-            return handle.readall()
-
-    def move_aside(self, name: str, suffix: str) -> None:
-        """Rename a file so that no pattern of the same extension matches it any more."""
-        if not self.remote:
-            (self.local / name).rename(self.local / f"{name}{suffix}")
-            return
-        fs, path = self._remote(name)
-        fs.move(path, f"{path}{suffix}")
-
-    def upload(self, *names: str) -> None:
-        """Copy the named local files to the remote folder (missing local files are skipped)."""
-        if not self.remote:
-            return
-        import pyarrow.fs as pafs
-
-        for name in names:
-            if (self.local / name).is_file():
-                fs, path = self._remote(name)
-                fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-                pafs.copy_files(str(self.local / name), path, source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=fs)
-
-    def download(self, *names: str) -> None:
-        """Copy the named remote files into the local folder (missing remote files are skipped)."""
-        if not self.remote:
-            return
-        import pyarrow.fs as pafs
-
-        self.local.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            if self.has(name):
-                fs, path = self._remote(name)
-                pafs.copy_files(path, str(self.local / name), source_filesystem=fs,
-                                destination_filesystem=pafs.LocalFileSystem())
-
-
-def study_folder(spec: StudySpec) -> StudyFolder:
-    storage = spec.storage.path
-    if scheme_of(storage):
-        return StudyFolder.at(f"{storage.rstrip('/')}/{spec.name}")
-    return StudyFolder.at(Path(storage).expanduser() / spec.name)
-
-
-def study_dir(spec: StudySpec) -> Path:
-    """The local study folder (for remote storage: its local mirror)."""
-    return study_folder(spec).local
-
-
-def study_exists(spec: StudySpec) -> bool:
-    return study_folder(spec).has(SPEC_FILE)
 
 
 class SyncedResultsTable(ResultsTable):
@@ -233,29 +101,6 @@ def with_study_store(spec: StudySpec, directory: Path) -> StudySpec:
     store = synthetic_store(spec.dataset.synthetic, directory)
     dataset = spec.dataset.model_copy(update={"path": str(store), "synthetic": None})
     return spec.model_copy(update={"dataset": dataset})
-
-
-def store_fingerprint(path: str) -> str:
-    """The store's own fingerprint (labelmix metadata of the Parquet file), local path or URI."""
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
-
-    from labelmix.trainables.data.store import METADATA_KEY
-
-    if scheme_of(path):
-        fs, inner = pafs.FileSystem.from_uri(path)
-    else:
-        fs, inner = pafs.LocalFileSystem(), str(Path(path).expanduser())
-    try:
-        with fs.open_input_file(inner) as handle:
-            meta = pq.read_metadata(handle).metadata or {}
-    except (OSError, ValueError) as exc:
-        raise UserError(f"dataset.path: cannot read the store {path}: {exc}") from None
-    raw = meta.get(METADATA_KEY)
-    if raw is None:
-        raise UserError(f"dataset.path: {path} is a Parquet file without labelmix metadata; create stores with "
-                        "`labelmix data ...`")
-    return json.loads(raw)["fingerprint"]
 
 
 def dataset_source(spec: StudySpec, ship_local: bool = True) -> Optional[DatasetSource]:
@@ -329,7 +174,7 @@ def start_ray(address: Optional[str], spec: StudySpec) -> None:
 def dataset_tags(spec: StudySpec) -> dict[str, str]:
     data = spec.dataset
     if data.path is not None and Path(data.path).is_file():
-        return {"labelmix.dataset_fingerprint": read_metadata(data.path)["fingerprint"]}
+        return {"labelmix.dataset_fingerprint": store_fingerprint(data.path)}
     return {"labelmix.dataset": json.dumps(data.model_dump(mode="json"), sort_keys=True)}
 
 
@@ -343,10 +188,10 @@ def run_study(spec: StudySpec, source_text: str, address: Optional[str] = None, 
             f"{folder.location}: a study named {spec.name!r} already exists there; `labelmix resume "
             f"{folder.location}` continues it, or change `name` / `storage.path`"
         )
-    check_before_start(spec, None if folder.remote else folder.local)
+    check_before_start(spec)
     start_ray(address, spec)
     if address:  # a local Ray is one node; an attached cluster may spread trials over many
-        check_storage(spec.storage.path, cluster_shape(spec.resources.cpus, spec.resources.gpus))
+        check_shared_storage(spec.storage.path, cluster_shape(spec.resources.cpus, spec.resources.gpus))
     callbacks = list(callbacks or [])
     if not restore and folder.remote:  # a mirror left by an earlier study of this name must not lend it its rows
         shutil.rmtree(folder.local, ignore_errors=True)

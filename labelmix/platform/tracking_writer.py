@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Mapping, Optional, Union
 
-from labelmix.platform.mlflow_runs import BATCH_METRICS, BATCH_PARAMS, chunks
+from labelmix.chunks import chunks
+from labelmix.platform.mlflow_runs import BATCH_METRICS, BATCH_PARAMS
 from labelmix.platform.trial_table import TAG_ERROR, TAG_PARENT, TAG_STUDY, TAG_TRIAL
 
 log = logging.getLogger(__name__)

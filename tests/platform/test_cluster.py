@@ -1,5 +1,5 @@
-"""Running on a cluster: the cluster-launcher files, shared-storage rules, Ray Jobs submission, and
-real multi-node / GPU-packing studies on Ray nodes started here with `ray start`.
+"""Running on a cluster: the cluster-launcher files, addresses, the node-local store cache, Ray Jobs
+submission, and real multi-node / GPU-packing studies on Ray nodes started here with `ray start`.
 
 The slow tests start their own Ray nodes, each `ray start --block` in a session of its own, and
 end exactly those sessions' processes afterwards (never `ray stop`, which would stop every Ray on
@@ -29,7 +29,7 @@ import yaml
 
 from labelmix.errors import UserError
 from labelmix.platform import cluster
-from labelmix.platform.cluster import ClusterShape
+from labelmix.platform.storage import SHARED_ENV
 from tests.conftest import TINY_STUDY, cli, write_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,48 +95,7 @@ def test_an_unknown_head_node_type_fails_validation():
         cluster.validate_cluster_config(config)
 
 
-# --- storage rules -------------------------------------------------------------------------------
-
-MOUNTS = """\
-/dev/vda / ext4 rw,relatime 0 0
-server:/export /mnt/shared nfs4 rw,relatime 0 0
-server:/export/sub /mnt/shared/local\\040disk ext4 rw 0 0
-sshfs#me@host: /mnt/ssh fuse.sshfs rw 0 0
-/dev/sdb1 /mnt/usb fuseblk rw 0 0
-"""
-
-
-def test_parse_mounts_unescapes_and_longest_mount_point_wins():
-    mounts = cluster.parse_mounts(MOUNTS)
-    assert ("/mnt/shared/local disk", "ext4") in mounts
-    assert cluster.filesystem_type("/mnt/shared/studies/new/folder", mounts) == "nfs4"
-    assert cluster.filesystem_type("/mnt/shared/local disk/x", mounts) == "ext4"
-    assert cluster.filesystem_type("/home/me/studies", mounts) == "ext4"
-    assert cluster.filesystem_type("/mnt/sharedfoo", mounts) == "ext4"  # a prefix of the name is not a parent
-
-
-@pytest.mark.parametrize("path, shared", [
-    ("s3://bucket/studies", True), ("gs://bucket/studies", True), ("/mnt/shared/studies", True),
-    ("/mnt/ssh/studies", True), ("/mnt/usb/studies", False), ("/home/me/studies", False),
-    ("file:///mnt/shared/studies", True), ("file:///home/me/studies", False),
-])
-def test_shared_paths(path, shared):
-    assert cluster.is_shared_path(path, cluster.parse_mounts(MOUNTS)) is shared
-
-
-def test_local_storage_is_refused_on_a_multi_node_cluster(monkeypatch):
-    monkeypatch.delenv(cluster.SHARED_ENV, raising=False)
-    mounts = cluster.parse_mounts(MOUNTS)
-    with pytest.raises(UserError, match=r"storage.path: /home/me/studies .*3 nodes.*s3://.*NFS"):
-        cluster.check_storage("/home/me/studies", ClusterShape(nodes=3, trials_fit_here=True), mounts)
-    # A CPU-less head (cluster.yaml) runs no trial: one node now, trials elsewhere later.
-    with pytest.raises(UserError, match="other nodes"):
-        cluster.check_storage("/home/me/studies", ClusterShape(nodes=1, trials_fit_here=False), mounts)
-    for accepted in ("s3://bucket/studies", "/mnt/shared/studies"):
-        cluster.check_storage(accepted, ClusterShape(nodes=3, trials_fit_here=True), mounts)
-    cluster.check_storage("/home/me/studies", ClusterShape(nodes=1, trials_fit_here=True), mounts)
-    monkeypatch.setenv(cluster.SHARED_ENV, "1")
-    cluster.check_storage("/home/me/studies", ClusterShape(nodes=3, trials_fit_here=True), mounts)
+# --- addresses -----------------------------------------------------------------------------------
 
 
 def test_an_address_nobody_listens_on_is_one_user_error(closed_port):
@@ -146,35 +105,11 @@ def test_an_address_nobody_listens_on_is_one_user_error(closed_port):
         cluster.check_gcs_reachable("nonsense")
 
 
-# --- study folders and the node-local store cache ------------------------------------------------
-
-
-def test_a_remote_study_folder_mirrors_its_files(tmp_path, monkeypatch):
-    from labelmix.platform.study import StudyFolder, study_folder
-
-    monkeypatch.setenv("LABELMIX_MIRROR_DIR", str(tmp_path / "mirror"))
-    folder = StudyFolder.at(f"file://{tmp_path}/bucket/studies/demo")
-    assert folder.remote and folder.name == "demo" and folder.storage_path == f"file://{tmp_path}/bucket/studies"
-    assert folder.local == tmp_path / "mirror" / "file" / "_" / str(tmp_path).strip("/") / "bucket/studies/demo"
-    folder.local.mkdir(parents=True)
-    (folder.local / "spec.yaml").write_text("name: demo\n")
-    assert not folder.has("spec.yaml")
-    folder.upload("spec.yaml", "missing.parquet")
-    assert folder.has("spec.yaml") and (tmp_path / "bucket/studies/demo/spec.yaml").read_text() == "name: demo\n"
-    (folder.local / "spec.yaml").unlink()
-    folder.download("spec.yaml", "missing.parquet")
-    assert (folder.local / "spec.yaml").read_text() == "name: demo\n"
-
-    from labelmix.platform.spec import parse_spec
-
-    spec = parse_spec({**SPEC, "storage": {"path": "s3://my-bucket/studies/"}})
-    remote = study_folder(spec)
-    assert remote.uri == "s3://my-bucket/studies/nodes" and remote.storage_path == "s3://my-bucket/studies"
-    assert remote.local == tmp_path / "mirror" / "s3" / "my-bucket" / "studies" / "nodes"
+# --- the node-local store cache ------------------------------------------------------------------
 
 
 def test_a_store_from_a_uri_is_fetched_once_per_node(tmp_path, monkeypatch):
-    from labelmix.platform.study import store_fingerprint
+    from labelmix.platform.storage import store_fingerprint
     from labelmix.platform.trainable import DatasetSource, node_local_store
     from labelmix.trainables.data.synth import SynthSettings
     from labelmix.trainables.data.synth_store import write_synthetic_store
@@ -236,14 +171,14 @@ def _main(*argv):
 
 
 def test_submit_to_a_jobs_address_sends_the_effective_spec(tmp_path, fake_jobs, capsys, monkeypatch):
-    monkeypatch.setenv(cluster.SHARED_ENV, "1")
+    monkeypatch.setenv(SHARED_ENV, "1")
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(SPEC))
     assert _main("submit", str(path), "--smoke", "--address", "http://127.0.0.1:8265") == 0
     (job,) = fake_jobs.submitted
     assert job["entrypoint"] == "labelmix submit spec.yaml --address auto"
     assert list(job["files"]) == ["spec.yaml"]
-    assert job["runtime_env"]["env_vars"] == {cluster.SHARED_ENV: "1"}
+    assert job["runtime_env"]["env_vars"] == {SHARED_ENV: "1"}
     sent = yaml.safe_load(job["files"]["spec.yaml"])
     assert sent["name"] == "nodes-smoke" and sent["search"]["trials"] == 2  # the effective (smoke) spec
     assert sent["storage"]["path"] == "~/studies"  # not the job's temporary working directory
@@ -256,7 +191,7 @@ def test_submit_to_a_jobs_address_refuses_a_dataset_on_this_machine(tmp_path, fa
     from labelmix.trainables.data.synth import SynthSettings
     from labelmix.trainables.data.synth_store import write_synthetic_store
 
-    monkeypatch.delenv(cluster.SHARED_ENV, raising=False)
+    monkeypatch.delenv(SHARED_ENV, raising=False)
     store = write_synthetic_store(SynthSettings(4, 2, 32, 32, 0), tmp_path / "store.parquet").path
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump({**SPEC, "dataset": {"path": str(store)}}))

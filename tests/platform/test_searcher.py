@@ -9,7 +9,7 @@ from labelmix.errors import UserError
 from labelmix.platform.searcher import BACKUP_FILE, StudyGenerator, make_searcher, put_back_saved_searcher
 from labelmix.platform.space import tune_param_space
 from labelmix.platform.spec import parse_spec
-from labelmix.platform.study import StudyFolder
+from labelmix.platform.storage import StudyFolder
 from tests.platform.test_reference import SPEC
 
 

@@ -19,12 +19,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from labelmix.chunks import chunks
 from labelmix.errors import UserError
 from labelmix.trainables.data.annotations import boxes_from_mask, global_label
 
@@ -138,7 +139,7 @@ def write_store(
     n = 0
     try:
         with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
-            for batch in _batches(records, _ROWS_PER_BATCH):
+            for batch in chunks(records, _ROWS_PER_BATCH):
                 rows = []
                 for rec in batch:
                     if rec.id in seen:
@@ -216,17 +217,6 @@ def verify_store(path: str | os.PathLike) -> None:
     check_fingerprint(path, pq.read_table(path, columns=list(_FINGERPRINTED)), read_metadata(path))
 
 
-def _batches(items: Iterable[Record], size: int) -> Iterator[list[Record]]:
-    batch: list[Record] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 @dataclass(frozen=True)
 class StoreSummary:
     path: Path
@@ -289,13 +279,26 @@ class ImageStore:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: dataset store not found")
-    try:
-        meta = pq.read_metadata(path).metadata or {}
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UserError(f"{path}: not a Parquet dataset store ({exc})") from None
+    """The store's labelmix metadata, from its Parquet footer alone: a local path, or a pyarrow
+    filesystem URI (``s3://``, ``gs://``, ``file://``). The one reader of it (the platform's
+    ``store_fingerprint`` too)."""
+    if "://" in str(path):
+        import pyarrow.fs as pafs
+
+        try:
+            fs, inner = pafs.FileSystem.from_uri(str(path))
+            with fs.open_input_file(inner) as handle:
+                meta = pq.read_metadata(handle).metadata or {}
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise UserError(f"{path}: cannot read the store ({exc})") from None
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: dataset store not found")
+        try:
+            meta = pq.read_metadata(path).metadata or {}
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UserError(f"{path}: not a Parquet dataset store ({exc})") from None
     if METADATA_KEY not in meta:
         raise UserError(f"{path}: Parquet file without labelmix metadata; create stores with `labelmix data ...`")
     return json.loads(meta[METADATA_KEY])

@@ -1,19 +1,25 @@
-"""The local files a study spec names, checked without writing anything: the dataset store
+"""What a study's storage is checked for before anything is written: the dataset store
 (``dataset.path``: ``check_store`` reads its metadata and three small columns, never the images;
-``check_before_start`` reads it whole, against its fingerprint) and the study folder
-(``storage.path``, refused when it cannot be created, without creating it, or when its disk is full).
+``check_before_start`` reads it whole, against its fingerprint), the study folder (``storage.path``,
+refused when it cannot be created, without creating it, or when its disk is full) and, on a
+cluster, a study folder that other nodes cannot see (``check_shared_storage``). Where things live
+is ``labelmix.platform.storage``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Optional
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional
 
 from labelmix.errors import UserError
+from labelmix.platform.storage import (SHARED_ENV, filesystem_type, is_remote, is_shared_path, local_part, scheme_of,
+                                       shared_by_env, study_folder)
 
-__all__ = ["check_before_start", "check_free_space", "check_storage", "check_store"]
+if TYPE_CHECKING:
+    from labelmix.platform.cluster import ClusterShape
+
+__all__ = ["check_before_start", "check_free_space", "check_shared_storage", "check_storage", "check_store"]
 
 # Virtual filesystems: a study folder there cannot be created, whatever the permissions say.
 VIRTUAL_ROOTS = ("/proc", "/sys", "/dev")
@@ -62,13 +68,9 @@ def check_store(local: Path, path: str) -> None:
 def check_storage(path: str, where: str = "storage.path") -> None:
     """A local study folder must be one this user can create and write here; nothing is created
     to find out. Object-store URIs (s3://, gs://) are checked by the study when it writes."""
-    if "://" in path:
-        if urlsplit(path).scheme.lower() != "file":
-            return
-        path_part = urlsplit(path).path
-    else:
-        path_part = path
-    full = Path(os.path.abspath(Path(path_part).expanduser()))
+    if is_remote(path):
+        return
+    full = Path(os.path.abspath(local_part(path)))
     real = Path(os.path.realpath(full))
     for root in map(Path, VIRTUAL_ROOTS):
         if real == root or root in real.parents:
@@ -100,18 +102,33 @@ def check_free_space(directory: Path, minimum_mb: int = MIN_FREE_MB) -> None:
                         "checkpoints); free some space or choose another storage.path")
 
 
-def check_before_start(spec, local_folder: Optional[Path]) -> None:
+def check_before_start(spec) -> None:
     """What is only known by looking at the disk, checked by `check` and, before Ray starts and before
-    anything is written, by `submit`: room for the study folder (``local_folder``; None for a study
-    on an object store), and a dataset store whose content still matches its fingerprint (this
-    reads the whole store once)."""
+    anything is written, by `submit`: room for a local study folder (one on an object store or behind
+    a ``file://`` URI is left to the study), and a dataset store whose content still matches its
+    fingerprint (this reads the whole store once)."""
     from labelmix.trainables.data.store import verify_store
 
-    if local_folder is not None:
-        check_free_space(local_folder)
+    folder = study_folder(spec)
+    if not folder.remote:
+        check_free_space(folder.local)
     path = spec.dataset.path
-    if path is not None and "://" not in path and Path(path).is_file():
+    if path is not None and not scheme_of(path) and Path(path).is_file():
         try:
             verify_store(path)
         except UserError as exc:
             raise UserError(f"dataset.path: {exc}") from None
+
+
+def check_shared_storage(path: str, shape: ClusterShape, mounts: Optional[Iterable[tuple[str, str]]] = None) -> None:
+    """Refuse a study folder that only one node of a multi-node cluster can see."""
+    if not shape.multi_node or is_shared_path(path, mounts) or shared_by_env():
+        return
+    where = f"{shape.nodes} nodes" if shape.nodes > 1 else "trials that run on other nodes than this one"
+    fstype = filesystem_type(local_part(path), mounts) or "unknown"
+    raise UserError(
+        f"storage.path: {path} is a local folder ({fstype} filesystem), but this cluster has {where}; trials "
+        f"write their results where they run. Use s3://BUCKET/studies or gs://BUCKET/studies, or a folder on "
+        f"NFS (or another network filesystem) mounted on every node; if {path} is shared in a way labelmix "
+        f"cannot see, set {SHARED_ENV}=1"
+    )

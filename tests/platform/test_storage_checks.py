@@ -1,0 +1,27 @@
+"""The storage checks that need no disk of their own (the others run through `labelmix check`:
+tests/platform/test_check.py, and on full and read-only mounts: test_faults.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from labelmix.errors import UserError
+from labelmix.platform.cluster import ClusterShape
+from labelmix.platform.storage import SHARED_ENV, parse_mounts
+from labelmix.platform.storage_checks import check_shared_storage
+from tests.platform.test_storage import MOUNTS
+
+
+def test_local_storage_is_refused_on_a_multi_node_cluster(monkeypatch):
+    monkeypatch.delenv(SHARED_ENV, raising=False)
+    mounts = parse_mounts(MOUNTS)
+    with pytest.raises(UserError, match=r"storage.path: /home/me/studies .*3 nodes.*s3://.*NFS"):
+        check_shared_storage("/home/me/studies", ClusterShape(nodes=3, trials_fit_here=True), mounts)
+    # A CPU-less head (cluster.yaml) runs no trial: one node now, trials elsewhere later.
+    with pytest.raises(UserError, match="other nodes"):
+        check_shared_storage("/home/me/studies", ClusterShape(nodes=1, trials_fit_here=False), mounts)
+    for accepted in ("s3://bucket/studies", "/mnt/shared/studies"):
+        check_shared_storage(accepted, ClusterShape(nodes=3, trials_fit_here=True), mounts)
+    check_shared_storage("/home/me/studies", ClusterShape(nodes=1, trials_fit_here=True), mounts)
+    monkeypatch.setenv(SHARED_ENV, "1")
+    check_shared_storage("/home/me/studies", ClusterShape(nodes=3, trials_fit_here=True), mounts)
