@@ -25,3 +25,15 @@ def test_local_storage_is_refused_on_a_multi_node_cluster(monkeypatch):
     check_shared_storage("/home/me/studies", ClusterShape(nodes=1, trials_fit_here=True), mounts)
     monkeypatch.setenv(SHARED_ENV, "1")
     check_shared_storage("/home/me/studies", ClusterShape(nodes=3, trials_fit_here=True), mounts)
+
+
+def test_storage_cannot_reach_a_virtual_filesystem_through_a_symlink_or_dots(tmp_path):
+    from labelmix.platform.storage_checks import check_storage
+
+    (tmp_path / "link").symlink_to("/proc")
+    dots = f"{tmp_path}/" + "../" * len(tmp_path.parts) + "proc/studies"
+    for path in (str(tmp_path / "link" / "studies"), dots):
+        with pytest.raises(UserError) as info:
+            check_storage(path)
+        assert str(info.value) == (f"storage.path: {path} is under /proc, a virtual filesystem; give a folder on a "
+                                   "disk, such as studies or ~/studies")
