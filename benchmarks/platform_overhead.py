@@ -5,7 +5,7 @@ CPU and one torch thread each). The platform side is the whole `labelmix submit`
 OptunaSearch, scheduler, per-epoch reports with checkpoints, the trial table. Ratio = plain wall
 time / platform wall time (ideal 1.0; target >= 0.90 for 30-second trials on 2 CPUs).
 
-Run: .venv/bin/python benchmarks/platform_overhead.py [--trials 6 --concurrency 2 --steps 12]
+Run: .venv/bin/python benchmarks/platform_overhead.py [--trials 6 --concurrency 2 --steps 12 --name platform_overhead]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12, help="steps per epoch (sets the trial length)")
+    parser.add_argument("--name", default="platform_overhead", help="results file name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
 
     from labelmix.platform.spec import parse_spec
@@ -75,7 +76,7 @@ def main() -> None:
         platform_s = time.perf_counter() - t0
         finished = int((result.table["status"] == "TERMINATED").sum())
 
-    save("platform_overhead", {
+    save(args.name, {
         "trials": args.trials, "concurrency": args.concurrency, "finished_on_platform": finished,
         "mean_trial_seconds_plain": round(sum(trial_seconds) / len(trial_seconds), 2),
         "plain_wall_seconds": round(plain_s, 2), "platform_wall_seconds": round(platform_s, 2),
