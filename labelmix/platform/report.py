@@ -25,13 +25,13 @@ import html
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from labelmix.errors import UserError
+from labelmix.platform.trial_folders import RESULT_FILE, result_lines, trial_folders
 from labelmix.platform.report_charts import cell_text, curves_svg, mix_effect_svg, quality
 from labelmix.platform.trial_table import (
     COST,
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 
 REPORT_FILE = "report.html"
 WITHIN = TOLERANCE  # the band around the reference: "within 0.05 of the full-mask quality"
-TRIAL_FOLDER = re.compile(r"^run_trial_([0-9a-f]{8})(?:_|$)")  # Tune's <trainable>_<trial id>_... folders
 CATEGORIES = 8  # a numeric setting with at most this many values is shown as a mean per value
 
 
@@ -82,22 +81,20 @@ def searched_settings(table: pd.DataFrame) -> list[str]:
 
 
 def learning_curves(study_dir: Path, metric: str = SCORE) -> dict[str, list[tuple[float, float]]]:
-    """Trial id -> (epoch, metric) points from each trial folder's result.json (half-written lines skipped)."""
+    """Trial id -> (epoch, metric) points from each trial folder's result.json (unreadable lines skipped)."""
     curves: dict[str, list[tuple[float, float]]] = {}
-    for folder in sorted(Path(study_dir).iterdir()):
-        match = TRIAL_FOLDER.match(folder.name)
-        if not match or not (folder / "result.json").is_file():
+    for trial_id, folder in trial_folders(study_dir).items():
+        if not (folder / RESULT_FILE).is_file():
             continue
         points = []
-        for line in (folder / "result.json").read_text(errors="replace").splitlines():
+        for result in result_lines(folder):
             try:
-                result = json.loads(line)
                 point = (float(result.get("epoch", result.get("training_iteration"))), float(result[metric]))
-            except (ValueError, TypeError, KeyError, AttributeError):
+            except (ValueError, TypeError, KeyError):
                 continue
             if all(math.isfinite(v) for v in point):
                 points.append(point)
-        curves[match.group(1)] = sorted(points)
+        curves[trial_id] = sorted(points)
     return curves
 
 

@@ -31,7 +31,6 @@ importable here under these names.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -61,6 +60,7 @@ from labelmix.platform.mlflow_runs import (
     use_credentials,
     write_runs_record,
 )
+from labelmix.platform.trial_folders import result_lines
 from labelmix.platform.tracking_writer import ChildRunWriter, EndChild, Metrics, StartChild, WriterThread
 from labelmix.platform.trial_table import DEFAULT_OBJECTIVES, TAG_OBJECTIVES, as_objectives, flatten, objectives_json, with_pareto
 
@@ -269,7 +269,7 @@ class MlflowTracking(Callback):
         for trial in trials:
             if trial.status not in ("TERMINATED", "ERROR") or trial.trial_id in self.child_ids:
                 continue
-            results = _result_lines(getattr(trial, "local_path", None)) or [trial.last_result or {}]
+            results = result_lines(getattr(trial, "local_path", None)) or [trial.last_result or {}]
             for result in results:
                 self.on_trial_result(0, trials, trial, result)
             if trial.status == "ERROR":
@@ -372,23 +372,6 @@ class MlflowTracking(Callback):
             return None
         folders = sorted(trial_path.glob("checkpoint_*"))
         return str(folders[-1]) if folders else None
-
-
-def _result_lines(folder: Optional[str]) -> list[dict]:
-    """A trial folder's result.json as dicts (one per report; a half-written last line is skipped)."""
-    if not folder:
-        return []
-    try:
-        lines = (Path(folder) / "result.json").read_text().splitlines()
-    except OSError:
-        return []
-    results = []
-    for line in lines:
-        try:
-            results.append(json.loads(line))
-        except ValueError:
-            continue
-    return results
 
 
 def study_tracking(spec: Any, source_text: str, directory: Path, cli_uri: Optional[str] = None,

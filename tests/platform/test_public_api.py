@@ -38,7 +38,8 @@ def test_importing_the_package_and_its_ray_free_names_imports_no_ray():
         "print('ray' in sys.modules)\n"
         f"from labelmix.platform import {names}\n"
         "import labelmix.platform.axes, labelmix.platform.assembly, labelmix.platform.trial_checks\n"
-        "import labelmix.platform.storage, labelmix.platform.storage_checks\n"
+        "import labelmix.platform.storage, labelmix.platform.storage_checks, labelmix.platform.trial_folders\n"
+        "import labelmix.platform.report, labelmix.platform.report_charts\n"
         "print('ray' in sys.modules)\n"
     )
     assert python(code).split() == ["False", "False"]
