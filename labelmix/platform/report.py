@@ -250,10 +250,8 @@ def cmd_report(args) -> int:
     if args.no_mlflow:
         return 0
     run = log_report(Path(args.study), path, args.tracking_uri)
-    if run is None:
-        print(f"{args.study}: no {RUNS_FILE} (the study was not tracked in MLflow); the report was not logged")
-    else:
-        print(f"logged {REPORT_FILE} to MLflow run {run}")
+    untracked = f"{args.study}: no {RUNS_FILE} (the study was not tracked in MLflow); the report was not logged"
+    print(untracked if run is None else f"logged {REPORT_FILE} to MLflow run {run}")
     return 0
 
 
