@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from labelmix.errors import UserError
+from labelmix.platform.storage import write_atomically
 from labelmix.platform.trial_table import (
     RUNS_FILE,
     TAG_FRONTIER_SIZE,
@@ -163,10 +164,7 @@ def write_runs_record(study_dir: Path, record: Mapping[str, Any]) -> None:
     """Replace ``mlflow_runs.json`` at once (a reader never sees half a file)."""
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
-    path = study_dir / RUNS_FILE
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomically(study_dir / RUNS_FILE, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
 
 
 def find_parent(client, experiment: str, study: str, saved: Mapping[str, Any], shown_uri: str):

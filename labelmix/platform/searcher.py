@@ -13,18 +13,19 @@ Tune's files from it before a study resumes.
 from __future__ import annotations
 
 import fnmatch
-import os
 import pickle
 from pathlib import Path
 
-from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
 from labelmix.errors import UserError
 from labelmix.platform.space import optuna_grid, reference_point
 from labelmix.platform.spec import StudySpec
+from labelmix.platform.storage import write_atomically
 
-# Tune's names for the two files of a saved searcher (SearchGenerator.CKPT_FILE_TMPL, Searcher.CKPT_FILE_TMPL)
-SAVED_STATE = ("search_gen_state-*.json", "searcher-state-*.pkl")
+# Tune's names for the two files of a saved searcher, {} its session (OptunaSearch keeps Searcher's name)
+SAVED_FILES = (SearchGenerator.CKPT_FILE_TMPL, Searcher.CKPT_FILE_TMPL)
+SAVED_STATE = tuple(template.format("*") for template in SAVED_FILES)
 BACKUP_FILE = "searcher-backup.pkl"
 
 
@@ -70,23 +71,10 @@ class StudyGenerator(SearchGenerator):
 
     def save_to_dir(self, dirpath: str, session_str: str) -> None:
         super().save_to_dir(dirpath, session_str)
-        names = [SearchGenerator.CKPT_FILE_TMPL.format(session_str), _base(self).CKPT_FILE_TMPL.format(session_str)]
+        names = [template.format(session_str) for template in SAVED_FILES]
         backup = {name: (Path(dirpath) / name).read_bytes() for name in names if (Path(dirpath) / name).is_file()}
         write_atomically(self.folder.local / BACKUP_FILE, pickle.dumps(backup))
         self.folder.upload(BACKUP_FILE)
-
-
-def _base(generator: SearchGenerator):
-    searcher = generator.searcher
-    while hasattr(searcher, "searcher"):
-        searcher = searcher.searcher
-    return searcher
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def saved_searcher_readable(folder) -> bool:

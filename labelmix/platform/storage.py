@@ -254,3 +254,10 @@ def store_fingerprint(path: str) -> str:
         return read_metadata(path if scheme_of(path) else Path(path).expanduser())["fingerprint"]
     except UserError as exc:
         raise UserError(f"dataset.path: {exc}") from None
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` at once: a reader (or a killed writer) never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
