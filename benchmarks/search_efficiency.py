@@ -72,11 +72,11 @@ def command_line(argv: list[str]) -> str:
 def curve_rows(study: Path, spec) -> list[dict]:
     """One row per (configuration, epoch) from the trial folders' result.json (one line per epoch)."""
     from labelmix.platform.space import case_name
+    from labelmix.platform.trial_folders import result_lines, trial_folders
 
     rows = []
-    for result in sorted(study.glob("*/result.json")):
-        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        for line in lines:
+    for folder in trial_folders(study).values():
+        for line in result_lines(folder):
             sampled = line["config"]
             rows.append({
                 "config": config_key(sampled), "trial_id": line["trial_id"], "case": case_name(spec, sampled),
