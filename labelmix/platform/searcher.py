@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import fnmatch
 import pickle
+import threading
 from pathlib import Path
 
+import optuna
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
 from labelmix.errors import UserError
@@ -33,9 +35,27 @@ def objective_lists(spec: StudySpec) -> tuple[list[str], list[str]]:
     return [o.metric for o in spec.objectives], [o.mode for o in spec.objectives]
 
 
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGAIISampler, picklable: from Optuna 5.1 its generation cache holds a
+    ``threading.Lock``, and Tune pickles the searcher when a study starts and at every save (a
+    study with ``algorithm: nsga2`` failed with "cannot pickle '_thread.lock' object"). The lock
+    is left out of the pickle and made anew on load."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        lock = state.pop("_thread_lock", None)
+        state["_had_thread_lock"] = lock is not None
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        if state.pop("_had_thread_lock", False):
+            state["_thread_lock"] = threading.Lock()
+        self.__dict__.update(state)
+
+
 def make_searcher(spec: StudySpec):
     """OptunaSearch with the spec's sampler; with a reference, wrapped so that it comes first."""
-    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     algorithm, seed = spec.search.algorithm, spec.search.seed
@@ -44,7 +64,7 @@ def make_searcher(spec: StudySpec):
         sampler = optuna.samplers.TPESampler(seed=seed, **({"n_startup_trials": startup} if startup is not None else {}))
     elif algorithm == "nsga2":
         population = spec.search.population_size or max(4, spec.search.concurrency * 2)
-        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+        sampler = PicklableNSGAIISampler(seed=seed, population_size=population)
     elif algorithm == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:  # grid

@@ -6,7 +6,9 @@ import pickle
 import pytest
 
 from labelmix.errors import UserError
-from labelmix.platform.searcher import BACKUP_FILE, StudyGenerator, make_searcher, put_back_saved_searcher
+from labelmix.platform.searcher import (
+    BACKUP_FILE, PicklableNSGAIISampler, StudyGenerator, make_searcher, put_back_saved_searcher,
+)
 from labelmix.platform.space import tune_param_space
 from labelmix.platform.spec import parse_spec
 from labelmix.platform.storage import StudyFolder
@@ -58,3 +60,18 @@ def test_a_lost_searcher_without_a_backup_is_one_clear_error(tmp_path):
     (folder.local / "search_gen_state-s1.json").unlink()
     with pytest.raises(UserError, match="has no searcher-backup.pkl to restore it from"):
         put_back_saved_searcher(folder)
+
+
+def test_the_nsga2_sampler_survives_a_pickle_round_trip_and_keeps_sampling():
+    """Tune pickles the searcher at the start and at every save; Optuna 5.1's NSGA-II sampler holds
+    a thread lock that plain pickling refuses."""
+    import optuna
+    import ray.cloudpickle as cloudpickle
+
+    sampler = PicklableNSGAIISampler(seed=3, population_size=4)
+    copy = cloudpickle.loads(cloudpickle.dumps(pickle.loads(pickle.dumps(sampler))))
+    assert isinstance(copy, optuna.samplers.NSGAIISampler)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=copy)
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=10)
+    assert len(study.trials) == 10
+    assert hasattr(copy, "_thread_lock") == hasattr(optuna.samplers.NSGAIISampler(), "_thread_lock")
