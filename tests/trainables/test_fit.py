@@ -212,4 +212,15 @@ def test_default_bf16_falls_back_to_fp32_on_a_gpu_without_bf16(tmp_path, monkeyp
     assert fit_module.resolve_precision(tiny(tmp_path), cuda) == "fp32"  # the default: falls back
     with pytest.raises(UserError, match="precision: this GPU has no bf16"):
         fit_module.resolve_precision(tiny(tmp_path, precision="bf16"), cuda)  # asked for: refused
+    monkeypatch.setattr(fit_module, "cpu_has_bf16", lambda: True)
     assert fit_module.resolve_precision(tiny(tmp_path), torch.device("cpu")) == "bf16"
+
+
+def test_default_bf16_falls_back_to_fp32_on_a_cpu_without_bf16_instructions(tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert fit_module.resolve_precision(tiny(tmp_path), cpu) == "fp32"  # the default: falls back
+    assert fit_module.resolve_precision(tiny(tmp_path, precision="bf16"), cpu) == "bf16"  # asked for: kept
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert fit_module.resolve_precision(tiny(tmp_path), cpu) == "bf16"
