@@ -57,6 +57,12 @@ class TrainConfig(_Strict):
     ds_weight: float = Field(0.2, ge=0)  # lambda_ds; 0.2: at 1.0 the DS terms slowed the main head (docs/RESULTS.md)
     ds_level_weights: Optional[tuple[float, ...]] = None  # coarsest first; None: all 1 (global and box terms use them too)
     foreground_weight: float = Field(10.0, ge=0)  # CE weight of every non-background class (background 1); fluid is ~1% of pixels
+    # How foreground_weight acts. "weight": it scales the mask CE of fluid pixels, and the weak terms
+    # (unweighted) pull the other way. "logit_adjust": every term on the main head (mask CE, exact
+    # negatives, presence, box priors, pseudo-labels) reads the logits minus log(class weight)
+    # (Menon et al., ICLR 2021), so all of them fit one calibrated model and the raw logits keep the
+    # same fluid odds x foreground_weight that the weighted CE aims at.
+    class_balance: Literal["weight", "logit_adjust"] = "weight"
     # cells with ignored pixels (uncertain pseudo-labels): a negative needs every pixel of the cell
     # labelled; "any_labelled" is the first rule (0.149 vs 0.366 val mIoU on box pseudo-masks, METHOD.md)
     ds_negative_rule: Literal["all_labelled", "any_labelled"] = "all_labelled"
@@ -149,6 +155,12 @@ class TrainConfig(_Strict):
         if v is not None and any(x < 0 for x in v):
             raise ValueError("entries must be >= 0")
         return v
+
+    @model_validator(mode="after")
+    def _logit_adjust_needs_weight(self):
+        if self.class_balance == "logit_adjust" and self.foreground_weight <= 0:
+            raise ValueError("class_balance logit_adjust subtracts log(foreground_weight): foreground_weight must be > 0")
+        return self
 
     def digest(self) -> str:
         """Short hash of the whole config (checkpoint compatibility, cache keys)."""

@@ -32,8 +32,9 @@ class Criterion:
     multi_label: bool  # ds_type is multi_label: weak labels then supervise the DS heads too
     ds_weights: tuple[float, ...]  # ds_weight x level weights
     level_weights: tuple[float, ...]  # the first formulation's global/box terms use these alone
-    class_weights: Tensor
-    pseudo_class_weights: Tensor
+    class_weights: Tensor | None  # None: unweighted CE (logit_adjust carries the class balance)
+    pseudo_class_weights: Tensor | None
+    logit_offset: Tensor | None  # C: log(class weight), subtracted from the main head's logits (logit_adjust)
     negative_weight: float
     tightness_weight: float
     box_size_weight: float
@@ -64,6 +65,7 @@ class Criterion:
         if self.strong_augment and strong.any():
             images = torch.where(strong[:, None, None, None], strong_view(images), images)
         main, levels = student(images)
+        main = self.adjusted(main)
         terms: dict[str, Tensor] = {}
         if full.any():
             terms["full"] = losses.cross_entropy(main[full], batch.masks[full], self.class_weights) + self.ds(
@@ -79,7 +81,7 @@ class Criterion:
                 with torch.no_grad():
                     teacher_main, _ = teacher(batch.images[weak])
                     pseudo = constrained_pseudo_labels(
-                        teacher_main, None if allowed is None else allowed[weak], self.pseudo_threshold
+                        self.adjusted(teacher_main), None if allowed is None else allowed[weak], self.pseudo_threshold
                     )
                 terms["pseudo"] = pseudo_weight * (
                     losses.cross_entropy(main[weak], pseudo, self.pseudo_class_weights)
@@ -88,6 +90,12 @@ class Criterion:
         if not terms:  # e.g. only unlabeled images during the pseudo-label ramp-up
             terms["zero"] = main.sum() * 0.0
         return terms
+
+    def adjusted(self, logits: Tensor) -> Tensor:
+        """The logits every main-head term reads: as they are, or minus log(class weight)."""
+        if self.logit_offset is None:
+            return logits
+        return logits.float() - self.logit_offset[:, None, None]
 
     def _weak_terms(self, main, levels, batch: Batch, allowed: Tensor, box_mask: Tensor) -> dict[str, Tensor]:
         box, glob = batch.types == BOX, batch.types == GLOBAL
@@ -146,14 +154,16 @@ def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: t
     if len(level_weights) != depth:
         raise UserError(f"ds_level_weights: {len(level_weights)} weights for {depth} supervised levels")
     ds = partial(_ds_of_kind, config.ds_type, config.ds_negative_rule)
+    adjust = config.class_balance == "logit_adjust"
     return Criterion(
         ds=ds,
         multi_label=config.ds_type == "multi_label",
         # lambda_ds scales deep supervision only; the weak-label terms have their own weights.
         ds_weights=tuple(config.ds_weight * w for w in level_weights),
         level_weights=level_weights,
-        class_weights=losses.class_weights(num_classes, config.foreground_weight).to(device),
-        pseudo_class_weights=losses.class_weights(num_classes, config.pseudo_foreground_weight).to(device),
+        class_weights=(None if adjust else losses.class_weights(num_classes, config.foreground_weight).to(device)),
+        pseudo_class_weights=(None if adjust else losses.class_weights(num_classes, config.pseudo_foreground_weight).to(device)),
+        logit_offset=(losses.class_weights(num_classes, config.foreground_weight).log().to(device) if adjust else None),
         negative_weight=config.negative_weight,
         tightness_weight=config.tightness_weight,
         box_size_weight=config.box_size_weight,

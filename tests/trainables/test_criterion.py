@@ -1,7 +1,11 @@
 """The loss built once from the config: which terms run, and which view each network sees."""
 
+import math
+
+import pytest
 import torch
 
+from labelmix.errors import UserError
 from labelmix.trainables.batches import Batch
 from labelmix.trainables.config import load_config
 from labelmix.trainables.criterion import build_criterion
@@ -69,3 +73,23 @@ def test_images_without_a_loss_keep_the_weak_view():
     assert torch.equal(seen[2], batch.images[2])  # the unlabeled image: weak view
     assert not torch.allclose(seen[1], batch.images[1], atol=1e-3)  # the box image still learns from a strong view
     assert teacher.seen == []  # no pseudo-labels at weight 0
+
+
+def test_logit_adjust_every_main_head_term_reads_logits_minus_log_class_weight():
+    """Zero logits, foreground weight 3: adjusted logits [0, -log 3, -log 3, -log 3], so background
+    has probability 1/2 and each fluid class 1/6 (weighted CE instead: 1/4 each, background weight 1)."""
+    adjusted, _, _ = _terms(class_balance="logit_adjust", foreground_weight=3.0)
+    weighted, _, _ = _terms(class_balance="weight", foreground_weight=3.0)
+    assert adjusted["full"].item() == pytest.approx(math.log(2))  # the all-background mask
+    assert weighted["full"].item() == pytest.approx(math.log(4))
+    # exact negatives on the box image, x negative_weight 3: 240 pixels outside the box allow only
+    # background (-log 1/2), the 16 inside allow background and class 1 (-log 2/3)
+    assert adjusted["negative"].item() == pytest.approx(3 * (240 * math.log(2) + 16 * math.log(1.5)) / 256)
+    assert weighted["negative"].item() == pytest.approx(3 * (240 * math.log(4) + 16 * math.log(2)) / 256)
+    # the teacher's adjusted logits make background the pseudo-label everywhere; unweighted CE on them
+    assert adjusted["pseudo"].item() == pytest.approx(math.log(2))
+
+
+def test_logit_adjust_needs_a_positive_foreground_weight():
+    with pytest.raises(UserError, match="foreground_weight must be > 0"):
+        load_config({"class_balance": "logit_adjust", "foreground_weight": 0})
