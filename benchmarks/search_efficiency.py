@@ -48,16 +48,26 @@ GRID_SPEC = Path(__file__).resolve().parent / "search_efficiency_grid.yaml"
 CURVES = RESULTS / "search_efficiency_curves.parquet"
 PLOT = REPO / "docs" / "search_efficiency.png"
 META_COMMAND, META_STUDY_COMMAND, META_SPEC = b"labelmix.command", b"labelmix.study_command", b"labelmix.spec"
-# name -> (search.algorithm, scheduler.type, objectives: None keeps the recorded spec's two) of the
-# replay spec. ASHA ranks on one metric, so its study has the one objective val/miou (TPE on mIoU
-# alone, as a single-objective study would search). Syne Tune's MO-ASHA is added apart.
+# name -> the replay spec's search algorithm, scheduler type, objectives (None keeps the recorded
+# spec's two) and extra search / scheduler fields. ASHA ranks on one metric, so its study has the
+# one objective val/miou (TPE on mIoU alone, as a single-objective study would search). Rows after
+# "grid" are variants measured beside the platform's defaults: ParetoASHA ordering a front by
+# exclusive hypervolume instead of crowding distance, and NSGA-II with the earlier default
+# population of 4 instead of today's max(16, 2 x concurrency). Syne Tune's MO-ASHA is added apart.
+MIOU_ONLY = [{"metric": "val/miou", "mode": "max"}]
 SEARCHERS = {
-    "nsga2+pareto_asha": ("nsga2", "pareto_asha", None),
-    "tpe+asha": ("tpe", "asha", [{"metric": "val/miou", "mode": "max"}]),
-    "random": ("random", "none", None),
-    "random+pareto_asha": ("random", "pareto_asha", None),
-    "grid": ("grid", "none", None),
+    "nsga2+pareto_asha": dict(algorithm="nsga2", scheduler="pareto_asha"),
+    "tpe+asha": dict(algorithm="tpe", scheduler="asha", objectives=MIOU_ONLY),
+    "random": dict(algorithm="random", scheduler="none"),
+    "random+pareto_asha": dict(algorithm="random", scheduler="pareto_asha"),
+    "grid": dict(algorithm="grid", scheduler="none"),
+    "nsga2+pareto_asha/hypervolume": dict(algorithm="nsga2", scheduler="pareto_asha",
+                                          scheduler_extra={"front_order": "hypervolume"}),
+    "random+pareto_asha/hypervolume": dict(algorithm="random", scheduler="pareto_asha",
+                                           scheduler_extra={"front_order": "hypervolume"}),
+    "nsga2/pop4+pareto_asha": dict(algorithm="nsga2", scheduler="pareto_asha", search_extra={"population_size": 4}),
 }
+DEFAULT_SEARCHERS = ["nsga2+pareto_asha", "tpe+asha", "random", "random+pareto_asha", "grid"]
 SYNE_MOASHA = "syne_tune_moasha"
 
 
@@ -146,7 +156,8 @@ def choices(space: Mapping) -> dict:
 
 
 def replay_spec(recorded: Mapping, algorithm: str, scheduler: str, objectives: list | None, seed: int, trials: int,
-                concurrency: int, grace_period: int, reduction_factor: float):
+                concurrency: int, grace_period: int, reduction_factor: float, scheduler_extra: Mapping = {},
+                search_extra: Mapping = {}):
     """The recorded study's spec with the replayed searcher and scheduler; grids become categorical
     choices (the grid itself keeps its grid), so every suggestion is a recorded configuration."""
     from labelmix.platform.spec import parse_spec
@@ -156,9 +167,9 @@ def replay_spec(recorded: Mapping, algorithm: str, scheduler: str, objectives: l
         data["space"] = choices(data["space"])
     if objectives is not None:
         data["objectives"] = objectives
-    data["search"] = {"algorithm": algorithm, "trials": trials, "concurrency": concurrency, "seed": seed}
+    data["search"] = {"algorithm": algorithm, "trials": trials, "concurrency": concurrency, "seed": seed, **search_extra}
     data["scheduler"] = {"type": scheduler, "max_epochs": data["fixed"]["epochs"], "grace_period": grace_period,
-                         "reduction_factor": reduction_factor}
+                         "reduction_factor": reduction_factor, **scheduler_extra}
     return parse_spec(data, source="replay spec")
 
 
@@ -250,10 +261,12 @@ def replay_one(name: str, seed: int, curves: Mapping[str, Curve], recorded: Mapp
 
         return replay_moasha(curves, recorded, seed, budget, args.concurrency, args.grace_period,
                              args.reduction_factor)
-    algorithm, scheduler, objectives = SEARCHERS[name]
+    row = SEARCHERS[name]
+    algorithm = row["algorithm"]
     trials = len(curves) if algorithm == "grid" else 20 * len(curves)  # the others stop at the budget
-    spec = replay_spec(recorded, algorithm, scheduler, objectives, seed, trials, args.concurrency,
-                       args.grace_period, args.reduction_factor)
+    spec = replay_spec(recorded, algorithm, row["scheduler"], row.get("objectives"), seed, trials, args.concurrency,
+                       args.grace_period, args.reduction_factor, row.get("scheduler_extra", {}),
+                       row.get("search_extra", {}))
     return replay_tune(spec, curves, budget, args.time_scale, storage)
 
 
@@ -327,7 +340,8 @@ def main(argv: list[str] | None = None) -> None:
     rep = steps.add_parser("replay", help="replay the searchers on the curve table")
     rep.add_argument("--curves", default=str(CURVES))
     rep.add_argument("--seeds", type=int, default=10)
-    rep.add_argument("--searchers", nargs="+", default=[*SEARCHERS, SYNE_MOASHA], choices=[*SEARCHERS, SYNE_MOASHA])
+    rep.add_argument("--searchers", nargs="+", default=[*DEFAULT_SEARCHERS, SYNE_MOASHA], choices=[*SEARCHERS, SYNE_MOASHA],
+                     help="default: (a)-(f) of issue 12; variants: " + ", ".join(n for n in SEARCHERS if n not in DEFAULT_SEARCHERS))
     rep.add_argument("--budget", type=float, default=1.0, help="compute per search, as a fraction of the grid's")
     rep.add_argument("--concurrency", type=int, default=2)
     rep.add_argument("--grace-period", type=int, default=1)

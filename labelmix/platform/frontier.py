@@ -28,6 +28,7 @@ __all__ = [
     "recommend",
     "nondominated_ranks",
     "crowding_distance",
+    "hypervolume_contribution",
 ]
 
 _SENSES = ("min", "max")
@@ -238,3 +239,33 @@ def crowding_distance(objectives, senses: Sequence[str]) -> np.ndarray:
                 gaps = (column[order[2:]] - column[order[:-2]]) / span
                 distance[members[order[1:-1]]] += gaps
     return distance
+
+
+def hypervolume_contribution(objectives, senses: Sequence[str]) -> np.ndarray:
+    """Exclusive hypervolume of each row within its own non-dominated front (two objectives).
+
+    The area a point alone dominates in its front (SMS-EMOA's selection measure; Beume et al. 2007),
+    against a reference point 10% of the valid rows' range beyond their worst value in each
+    objective. Unlike crowding distance, an end of the front is not worth infinitely much: a cheap
+    point whose score equals the worst of all rows adds no area. Duplicated points add nothing each;
+    rows in the invalid last rank get 0. Only for two objectives (``ValueError`` otherwise).
+    """
+    values = _as_minimised(objectives, senses)
+    if values.shape[1] != 2:
+        raise ValueError(f"hypervolume_contribution: two objectives, got {values.shape[1]}")
+    ranks = _ranks(values)
+    contribution = np.zeros(values.shape[0])
+    valid = np.all(np.isfinite(values), axis=1)
+    if not valid.any():
+        return contribution
+    worst, best = values[valid].max(axis=0), values[valid].min(axis=0)
+    reference = worst + 0.1 * (worst - best)
+    for rank in np.unique(ranks[valid]):
+        members = np.flatnonzero(ranks == rank)
+        order = members[np.lexsort((values[members, 1], values[members, 0]))]  # first objective ascending
+        first, second = values[order, 0], values[order, 1]  # along a front the second one falls
+        widths = np.append(first[1:], reference[0]) - first
+        heights = np.insert(second[:-1], 0, reference[1]) - second
+        contribution[order] = np.clip(widths, 0, None) * np.clip(heights, 0, None)
+    return contribution
+

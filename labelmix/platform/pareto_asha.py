@@ -4,12 +4,15 @@ ASHA (Li et al. 2020) stops a trial at a rung unless its metric is in the top 1/
 the trials recorded there. On mIoU alone that stops cheap-label trials first, which are the part of
 the cost/mIoU frontier users care about most. Multi-objective ASHA (Schmucker et al. 2021, "MO-ASHA";
 Syne Tune's MOASHA) keeps the promotion rule and replaces the scalar sort by non-dominated sorting:
-the trials recorded at a rung are ordered by (non-dominated rank, then NSGA-II crowding distance,
-larger first), and a trial continues iff it is within the top ceil(n / reduction_factor) of the n
-trials recorded there (itself included).
+the trials recorded at a rung are ordered by non-dominated rank and, within a rank, by how much
+each adds to its front, larger first; a trial continues iff it is within the top
+ceil(n / reduction_factor) of the n trials recorded there (itself included).
 
-The decision logic is the pure function ``promotes`` (and ``ParetoASHA.decide``), so it can be tested
-on recorded rung results without Ray.
+What a point adds to its front is, by default, NSGA-II crowding distance (MO-ASHA's rule); with
+``front_order="hypervolume"`` (two objectives) its exclusive hypervolume (SMS-EMOA), then crowding
+distance among equals. Crowding distance gives both ends of a front infinite worth, so the cheapest
+mix, on the front whatever its mIoU, is always promoted; hypervolume does not, but on the tabular
+benchmark (docs/RESULTS.md) it found the frontier no faster, so it is an option, not the default.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS, DONE, RESULT_DUPLIC
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from labelmix.errors import UserError
-from labelmix.platform.frontier import crowding_distance, nondominated_ranks
+from labelmix.platform.frontier import crowding_distance, hypervolume_contribution, nondominated_ranks
 from labelmix.platform.space import is_reference
 
 if TYPE_CHECKING:
@@ -43,11 +46,13 @@ def promotes(
     trial_id: str,
     senses: Sequence[str],
     reduction_factor: float,
+    front_order: str = "crowding",
 ) -> bool:
     """Whether ``trial_id`` continues, given every record at its rung (its own included).
 
     records: (trial id, objective vector) pairs, one per trial recorded at the rung; senses: 'min'
-    or 'max' per vector entry. Ties in (rank, crowding distance) go to ``trial_id``: it continues
+    or 'max' per vector entry; front_order: "hypervolume" or "crowding" (see the module's text).
+    Ties in the order go to ``trial_id``: it continues
     when fewer than ceil(n / reduction_factor) records are strictly ahead of it, as ASHA lets a
     trial equal to the cutoff continue.
     """
@@ -58,7 +63,15 @@ def promotes(
     ranks = nondominated_ranks(values, senses)
     crowding = crowding_distance(values, senses)
     me = ids.index(trial_id)
-    ahead = (ranks < ranks[me]) | ((ranks == ranks[me]) & (crowding > crowding[me]))
+    same = ranks == ranks[me]
+    if front_order == "hypervolume" and values.shape[1] == 2:
+        worth = hypervolume_contribution(values, senses)
+        better = (worth > worth[me]) | ((worth == worth[me]) & (crowding > crowding[me]))
+    elif front_order in ("hypervolume", "crowding"):
+        better = crowding > crowding[me]
+    else:
+        raise ValueError(f"front_order must be 'hypervolume' or 'crowding', got {front_order!r}")
+    ahead = (ranks < ranks[me]) | (same & better)
     # round: n / rf in floating point may land a hair above an integer (6 / 1.2 = 5.000000000000001)
     keep = math.ceil(round(len(ids) / reduction_factor, 9))
     return int(ahead.sum()) < keep
@@ -99,6 +112,7 @@ class ParetoASHA(FIFOScheduler):
         max_t: int = 100,
         grace_period: int = 1,
         reduction_factor: float = 3,
+        front_order: str = "crowding",
     ):
         if not isinstance(objectives, Mapping) or not objectives:
             raise UserError(
@@ -112,6 +126,8 @@ class ParetoASHA(FIFOScheduler):
                 raise UserError(
                     f"ParetoASHA: objectives[{name!r}] must be 'min' or 'max', got {sense!r}"
                 )
+        if front_order not in ("hypervolume", "crowding"):
+            raise UserError(f"ParetoASHA: front_order must be 'hypervolume' or 'crowding', got {front_order!r}")
         if not isinstance(time_attr, str) or not time_attr:
             raise UserError(f"ParetoASHA: time_attr must be a result key, got {time_attr!r}")
         grace_period = _number(grace_period, "grace_period", minimum=1)
@@ -125,6 +141,7 @@ class ParetoASHA(FIFOScheduler):
         self._max_t = max_t
         self._grace_period = grace_period
         self._reduction_factor = reduction_factor
+        self._front_order = front_order
         milestones = []
         milestone = grace_period
         while milestone < max_t:
@@ -152,7 +169,7 @@ class ParetoASHA(FIFOScheduler):
 
     def decide(self, rung_records: Sequence[tuple[str, np.ndarray]], trial_id: str) -> bool:
         """``promotes`` with this scheduler's senses and reduction factor."""
-        return promotes(rung_records, trial_id, self._senses, self._reduction_factor)
+        return promotes(rung_records, trial_id, self._senses, self._reduction_factor, self._front_order)
 
     # --- Tune's TrialScheduler interface --------------------------------------------------------
 

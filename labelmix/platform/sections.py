@@ -38,6 +38,7 @@ OBJECTIVE_METRICS: dict[str, str] = {
 # Allowed values: each Literal is the one list, the tuple is read from it.
 Algorithm = Literal["tpe", "nsga2", "random", "grid"]
 SchedulerType = Literal["none", "asha", "pareto_asha"]
+FrontOrder = Literal["hypervolume", "crowding"]
 ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 SCHEDULERS: tuple[str, ...] = get_args(SchedulerType)
 # Budgets beyond these are typos (1e30 trials), not studies: refused with the limit in the message.
@@ -95,6 +96,9 @@ class SchedulerConfig(Strict):
 
     _epochs = field_validator("max_epochs", "grace_period", mode="before")(_at_most(MAX_EPOCHS))
     reduction_factor: float = Field(2.0, gt=1)
+    # pareto_asha only: how trials of one non-dominated rank are ordered (pareto_asha.py; "hypervolume"
+    # measured no better on the tabular benchmark, docs/RESULTS.md)
+    front_order: FrontOrder = "crowding"
 
 
 class BudgetConfig(Strict):

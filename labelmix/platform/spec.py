@@ -236,6 +236,9 @@ class StudySpec(Strict):
             epochs = fixed_epochs if fixed_epochs is not None else TrainConfig.model_fields["epochs"].default
             _set(self, "scheduler", scheduler.model_copy(update={"max_epochs": epochs}))
         scheduler = self.scheduler
+        default_order = type(scheduler).model_fields["front_order"].default  # the effective spec.yaml lists it
+        if scheduler.type != "pareto_asha" and scheduler.front_order != default_order:
+            raise UserError(f"scheduler.front_order: only for type pareto_asha (type is {scheduler.type})")
         if scheduler.type != "none" and scheduler.grace_period > scheduler.max_epochs:
             raise UserError(
                 f"scheduler.grace_period: {scheduler.grace_period} is more than max_epochs {scheduler.max_epochs}"

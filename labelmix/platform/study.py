@@ -91,6 +91,7 @@ def make_scheduler(spec: StudySpec):
     return ParetoASHA(
         {o.metric: o.mode for o in spec.objectives}, time_attr="training_iteration",
         max_t=sch.max_epochs, grace_period=sch.grace_period, reduction_factor=sch.reduction_factor,
+        front_order=sch.front_order,
     )
 
 

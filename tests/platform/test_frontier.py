@@ -8,6 +8,7 @@ import pytest
 from labelmix.errors import UserError
 from labelmix.platform.frontier import (
     crowding_distance,
+    hypervolume_contribution,
     frontier_order,
     hypervolume,
     nondominated_ranks,
@@ -233,3 +234,30 @@ def test_crowding_distance_zero_range_objective_adds_nothing():
 
 def test_crowding_distance_empty():
     assert crowding_distance(np.zeros((0, 2)), SENSES).tolist() == []
+
+
+# --- hypervolume_contribution -------------------------------------------------------------------
+
+
+def test_hypervolume_contribution_by_hand():
+    # the front of test_crowding_distance_by_hand as (cost min, score max): minimised (cost, -score);
+    # worst (8, -0.1), best (1, -0.9), reference (8.7, -0.02)
+    points = [[1, 0.1], [2, 0.5], [4, 0.6], [8, 0.9]]
+    worth = hypervolume_contribution(points, SENSES)
+    # along cost: width to the next cost (the last to 8.7) x height from the previous score (the
+    # first from -0.02): 1 x 0.08, 2 x 0.4, 4 x 0.1, 0.7 x 0.3
+    assert worth.tolist() == pytest.approx([0.08, 0.8, 0.4, 0.21])
+
+
+def test_hypervolume_contribution_is_per_front_and_duplicates_add_nothing():
+    points = [[1, 0.5], [1, 0.5], [2, 0.9], [3, 0.2], [float("nan"), 1.0]]
+    worth = hypervolume_contribution(points, SENSES)
+    # worst (3, -0.2), best (1, -0.9): reference (3.2, -0.13); front 0: the pair at (1, .5) and
+    # (2, .9): the pair adds nothing each, (2, .9) 1.2 x 0.4; (3, .2) alone in front 1: 0.2 x 0.07
+    assert worth.tolist() == pytest.approx([0.0, 0.0, 0.48, 0.014, 0.0])
+
+
+def test_hypervolume_contribution_needs_two_objectives():
+    with pytest.raises(ValueError, match="two objectives"):
+        hypervolume_contribution([[1, 2, 3]], ["min", "min", "min"])
+

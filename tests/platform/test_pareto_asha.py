@@ -41,10 +41,29 @@ def records(*trial_ids):
 
 
 def test_decide_keeps_the_cheap_trial_on_the_front():
-    # order: A and D (front ends, crowding inf), B (front middle), C (rank 1); keep ceil(4/2) = 2
+    # crowding: A and D (front ends, crowding inf), B (front middle), C (rank 1); keep ceil(4/2) = 2
     rung = records("B", "C", "D", "A")
-    sched = scheduler()
+    sched = scheduler()  # front_order "crowding", the default
     assert {t: sched.decide(rung, t) for t in "ABCD"} == {"A": True, "B": False, "C": False, "D": True}
+
+
+def test_decide_by_hypervolume_contribution_keeps_what_adds_most_to_the_front():
+    # minimised (-miou, hours): worst (-0.40, 20), best (-0.72, 1), reference (-0.368, 21.9);
+    # along -miou: D (-0.72, 20) adds 0.02 x 1.9 = 0.038, B 0.30 x 10 = 3.0, A 0.032 x 9 = 0.288;
+    # keep 2: B and the cheap A, not D (0.02 more mIoU than B for twice its hours)
+    rung = records("B", "C", "D", "A")
+    sched = scheduler(front_order="hypervolume")
+    assert {t: sched.decide(rung, t) for t in "ABCD"} == {"A": True, "B": True, "C": False, "D": False}
+
+
+def test_decide_by_hypervolume_a_cheap_trial_that_learned_nothing_stops():
+    # Z (cheapest, mIoU 0) and D are the ends of the front: crowding keeps both. Minimised
+    # (-miou, hours), reference (0.072, 21.95): D adds 0.02 x 1.95, B 0.2 x 10, Y 0.5 x 8, Z 0.072 x 1.5
+    rung = records("B", "D") + [("Y", np.array([0.5, 2.0])), ("Z", np.array([0.0, 0.5]))]
+    by_volume = {t: promotes(rung, t, ["max", "min"], 2, front_order="hypervolume") for t in "BDYZ"}
+    by_crowding = {t: promotes(rung, t, ["max", "min"], 2) for t in "BDYZ"}  # the default
+    assert by_volume == {"B": True, "D": False, "Y": True, "Z": False}
+    assert by_crowding == {"B": False, "D": True, "Y": False, "Z": True}
 
 
 def test_decide_single_record_continues():
@@ -54,13 +73,20 @@ def test_decide_single_record_continues():
 def test_decide_ties_go_to_the_trial_being_decided():
     # two front ends, both crowding inf, keep 1: each continues when it is the one deciding
     rung = records("A", "B")
-    assert promotes(rung, "A", ["max", "min"], 2) and promotes(rung, "B", ["max", "min"], 2)
+    assert promotes(rung, "A", ["max", "min"], 2, "crowding") and promotes(rung, "B", ["max", "min"], 2, "crowding")
 
 
 def test_decide_reduction_factor_three():
     # keep ceil(4/3) = 2 of A..D, the same two ends; with five records keep 2 as well
     rung = records("A", "B", "C", "D") + [("E", np.array([0.10, 30.0]))]
-    assert [promotes(rung, t, ["max", "min"], 3) for t in "ABCDE"] == [True, False, False, True, False]
+    assert [promotes(rung, t, ["max", "min"], 3, "crowding") for t in "ABCDE"] == [True, False, False, True, False]
+    # by hypervolume (reference (-0.038, 32.9)): A adds 0.362 x 9, B 0.30 x 10, D 0.02 x 12.9
+    assert [promotes(rung, t, ["max", "min"], 3, "hypervolume") for t in "ABCDE"] == [True, True, False, False, False]
+
+
+def test_front_order_is_checked():
+    with pytest.raises(UserError, match="front_order must be 'hypervolume' or 'crowding'"):
+        scheduler(front_order="crowded")
 
 
 def test_decide_unknown_trial_is_an_error():

@@ -190,6 +190,8 @@ INVALID = [
     (dict(scheduler__max_epochs=10), "scheduler.max_epochs: 10 differs from fixed.epochs 6"),
     (dict(scheduler__grace_period=7), "scheduler.grace_period: 7 is more than max_epochs 6"),
     (dict(scheduler__reduction_factor=1), "scheduler.reduction_factor: Input should be greater than 1"),
+    (dict(scheduler__type="none", scheduler__front_order="hypervolume"), "scheduler.front_order: only for type pareto_asha"),
+    (dict(scheduler__front_order="crowded"), "scheduler.front_order: Input should be 'hypervolume' or 'crowding'"),
     (dict(space__epochs={"int": [2, 4]}, fixed__epochs=DELETE), "space.epochs: cannot be searched with scheduler pareto_asha"),
     # counts and resources
     (dict(search__trials=0), "search.trials: Input should be greater than or equal to 1"),

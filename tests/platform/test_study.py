@@ -70,9 +70,11 @@ def _lose_searcher(study: Path, how: str) -> None:
                 path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-@pytest.mark.parametrize("searcher_state", ["saved", "missing", "cut short"])
-def test_resume_after_the_driver_is_killed(tmp_path, searcher_state):
-    spec = write_spec(tmp_path, search={"algorithm": "tpe", "trials": 4, "concurrency": 1, "seed": 0},
+# nsga2: Tune pickles the searcher at the start and at every save (Optuna 5.1's NSGA-II sampler did not pickle)
+@pytest.mark.parametrize("searcher_state, algorithm", [("saved", "tpe"), ("missing", "tpe"), ("cut short", "tpe"),
+                                                       ("saved", "nsga2")])
+def test_resume_after_the_driver_is_killed(tmp_path, searcher_state, algorithm):
+    spec = write_spec(tmp_path, search={"algorithm": algorithm, "trials": 4, "concurrency": 1, "seed": 0},
                       fixed={**TINY_STUDY["fixed"], "epochs": 3, "steps_per_epoch": 4})
     study = tmp_path / "studies" / "tiny"
     driver = subprocess.Popen([sys.executable, "-m", "labelmix.cli", "submit", str(spec)], cwd=tmp_path,

@@ -166,3 +166,29 @@ def test_same_transform_as_torchvision_for_the_same_parameters():
         expected_boxes = _boxes_back(TF.affine(xyxy, **args).as_subclass(torch.Tensor), boxes[i][:, 0], (64, 64))
         assert (out_masks[i] == expected_mask).double().mean() >= 0.998  # nearest-neighbour ties may round apart
         assert torch.equal(out_boxes[i], expected_boxes)
+
+
+def test_the_gather_moves_pixels_as_grid_sample_nearest_would():
+    """warp gathers nearest source pixels; grid_sample (nearest, align_corners=False, zeros) on the
+    same inverse maps, in normalised coordinates, gives the same images and masks pixel for pixel."""
+    import torch.nn.functional as F
+
+    from labelmix.trainables.augment import inverse_matrices
+
+    b, h, w = 12, 64, 32
+    images = torch.rand(b, 1, h, w, generator=torch.Generator().manual_seed(5))
+    masks = torch.randint(0, 4, (b, h, w), generator=torch.Generator().manual_seed(6), dtype=torch.uint8)
+    params = BatchAugmenter(torch.Generator().manual_seed(7)).sample_affine(b, h, w)
+    out_images, out_masks, _ = warp(images, masks, [torch.zeros(0, 5, dtype=torch.int64)] * b, params)
+
+    inverse = inverse_matrices(params, h, w)  # pixel units, float64
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij")
+    source_x = inverse[:, 0, 0, None, None] * xs + inverse[:, 0, 1, None, None] * ys + inverse[:, 0, 2, None, None]
+    source_y = inverse[:, 1, 0, None, None] * xs + inverse[:, 1, 1, None, None] * ys + inverse[:, 1, 2, None, None]
+    grid = torch.stack([source_x / (w / 2) - 1, source_y / (h / 2) - 1], -1).float()  # B x H x W x 2
+    expect_images = F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    expect_masks = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    assert out_masks.dtype == torch.uint8
+    assert torch.equal(out_images, expect_images)
+    assert torch.equal(out_masks, expect_masks[:, 0].to(torch.uint8))
+    assert 0 < int((out_masks != masks).sum()) and int((out_images == 0).sum()) > 0  # it moved things, with padding
