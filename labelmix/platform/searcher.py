@@ -64,7 +64,7 @@ def make_searcher(spec: StudySpec):
         sampler = optuna.samplers.TPESampler(seed=seed, **({"n_startup_trials": startup} if startup is not None else {}))
     elif algorithm == "nsga2":
         # 16: on the tabular benchmark (docs/RESULTS.md) 4 repeated configurations (19 distinct of 28)
-        # and reached 95% of the grid's hypervolume later (median 77% of its compute against 50%)
+        # and reached 95% of the grid's hypervolume later (median 83% of its compute against 50%)
         population = spec.search.population_size or max(16, spec.search.concurrency * 2)
         sampler = PicklableNSGAIISampler(seed=seed, population_size=population)
     elif algorithm == "random":
