@@ -25,7 +25,7 @@ from labelmix.trainables.config import TrainConfig, load_config
 from labelmix.trainables.criterion import Criterion, build_criterion
 from labelmix.trainables.data.annotations import MixCost, assign_mix, mix_cost
 from labelmix.trainables.data.store import ImageStore, load_store
-from labelmix.trainables.metrics import confusion_matrix, segmentation_scores
+from labelmix.trainables.metrics import BACKGROUND_OFFSETS, calibrated_scores, offset_confusions, segmentation_scores
 from labelmix.trainables.model import build_model
 from labelmix.trainables.teacher import make_teacher, rampup, update_teacher
 
@@ -78,7 +78,8 @@ def train(run: Run, report: Report, resume_from: str | None = None) -> dict[str,
         train_metrics = train_epoch(run, epoch, total_steps)
         metrics = {**train_metrics, **run.cost_metrics, **evaluate_models(run, run.val, "val")}
         if epoch == config.epochs - 1:
-            metrics.update(evaluate_models(run, run.test, "test", student_and_teacher=False))
+            offset = metrics.get("val/background_offset", 0.0)  # chosen on val; test is never tuned on
+            metrics.update(evaluate_models(run, run.test, "test", student_and_teacher=False, background_offset=offset))
         metrics.update({"epoch": float(epoch + 1), "time/epoch_s": time.perf_counter() - started})
         with tempfile.TemporaryDirectory(prefix="labelmix-ckpt-") as checkpoint_dir:
             save_checkpoint(run, epoch + 1, checkpoint_dir)
@@ -189,29 +190,39 @@ def _memory_format(run: Run, batch):
 
 
 @torch.no_grad()
-def confusion(model: torch.nn.Module, data: TensorSet, num_classes: int, device: torch.device, batch_size: int = 64) -> np.ndarray:
+def confusions(model: torch.nn.Module, data: TensorSet, offsets, device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """K x C x C over the split: one confusion matrix per background-logit offset (offset_confusions)."""
     model.eval()
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    total = None
     for start in range(0, len(data), batch_size):
-        images = data.images[start : start + batch_size].to(device)
-        main, _ = model(images)
-        cm += confusion_matrix(main.argmax(1), data.masks[start : start + batch_size].to(device).long(), num_classes)
-    return cm.cpu().numpy()
+        main, _ = model(data.images[start : start + batch_size].to(device))
+        cms = offset_confusions(main, data.masks[start : start + batch_size].to(device).long(), offsets)
+        total = cms if total is None else total + cms
+    return total.cpu().numpy()
 
 
-def evaluate_models(run: Run, data: TensorSet, split: str, student_and_teacher: bool = True) -> dict[str, float]:
-    """Scores of the kept model under ``split/...``; with student_and_teacher also ``split/student/miou`` etc."""
+def evaluate_models(run: Run, data: TensorSet, split: str, student_and_teacher: bool = True,
+                    background_offset: Optional[float] = None) -> dict[str, float]:
+    """Scores of the kept model under ``split/...``; with student_and_teacher also ``split/student/miou`` etc.
+
+    The kept model is also scored calibrated (metrics.calibrated_scores): over BACKGROUND_OFFSETS,
+    choosing ``split/background_offset``, or with the given ``background_offset`` (val's, for test).
+    """
     if len(data) == 0:
         return {}
     models = {"student": run.student, "teacher": run.teacher.module}
     names = list(models) if student_and_teacher else [run.config.keep_model]
     out: dict[str, float] = {}
     for name in names:
+        kept = name == run.config.keep_model
+        calibration = () if not kept else BACKGROUND_OFFSETS if background_offset is None else (background_offset,)
+        offsets = (0.0, *calibration)
         with autocast(run):
-            cm = confusion(models[name], data, len(run.class_names), run.device)
-        scores = segmentation_scores(cm, run.class_names, split)
-        if name == run.config.keep_model:
+            cms = confusions(models[name], data, offsets, run.device)
+        scores = segmentation_scores(cms[0], run.class_names, split)
+        if kept:
             out.update(scores)
+            out.update(calibrated_scores(cms[1:], calibration, run.class_names, split))
         out[f"{split}/{name}/miou"] = scores[f"{split}/miou"]
     return out
 

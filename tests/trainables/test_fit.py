@@ -11,6 +11,7 @@ from labelmix.errors import UserError
 from labelmix.trainables import fit as fit_module
 from labelmix.trainables.config import load_config
 from labelmix.trainables.fit import NonFiniteLossError, fit
+from labelmix.trainables.metrics import BACKGROUND_OFFSETS
 
 
 def tiny(tmp_path, **overrides):
@@ -38,6 +39,11 @@ def test_fit_reports_every_epoch_with_design_names(tmp_path):
                 "val/teacher/miou", "cost/hours", "cost/reduction", "labels/full", "labels/box"):
         assert key in first, key
     assert "test/miou" in final and "test/miou" not in first  # the test split is scored once, at the end
+    # calibrated scores: the offset is chosen on val and test is scored with val's offset
+    assert final["val/miou_calibrated"] >= final["val/miou"]
+    assert final["val/background_offset"] in BACKGROUND_OFFSETS
+    assert final["test/background_offset"] == final["val/background_offset"]
+    assert 0.0 <= final["test/miou_calibrated"] <= 1.0
     # every annotation type is present, so every term was active
     assert {"train/full", "train/negative", "train/tightness", "train/box_size", "train/presence",
             "train/weak_ds", "train/pseudo"} <= set(first)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from labelmix.errors import UserError
-from labelmix.trainables.metrics import confusion_matrix, segmentation_scores
+from labelmix.trainables.metrics import BACKGROUND_OFFSETS, calibrated_scores, confusion_matrix, offset_confusions, segmentation_scores
 
 NAMES = ["background", "IRF", "SRF"]
 
@@ -54,3 +54,32 @@ def test_all_foreground_absent_gives_nan_mean():
 def test_class_names_must_match():
     with pytest.raises(UserError, match="class_names"):
         segmentation_scores(np.eye(3), ["a", "b"], "val")
+
+
+def test_offset_confusions_move_pixels_to_background_by_their_logit_gap():
+    # three pixels, classes (background, IRF, SRF); gap = best foreground logit - background logit
+    logits = torch.tensor([[0.0, 1.0, 0.5],    # gap 1.0 -> IRF until the offset reaches 1
+                           [0.0, 0.2, 3.0],    # gap 3.0 -> SRF until the offset reaches 3
+                           [2.0, 0.0, 1.0]])   # gap -1.0 -> background from offset -1 on
+    logits = logits.T.reshape(1, 3, 1, 3)
+    target = torch.tensor([[[1, 0, 0]]])
+    cms = offset_confusions(logits, target, [-2.0, 0.0, 1.0, 3.0])
+    # rows truth, columns prediction
+    assert cms[0].tolist() == [[0, 0, 2], [0, 1, 0], [0, 0, 0]]  # -2: pixel 3 turns SRF too
+    assert cms[1].tolist() == [[1, 0, 1], [0, 1, 0], [0, 0, 0]]  # 0: plain argmax
+    assert cms[2].tolist() == [[1, 0, 1], [1, 0, 0], [0, 0, 0]]  # 1: a tie goes to background
+    assert cms[3].tolist() == [[2, 0, 0], [1, 0, 0], [0, 0, 0]]
+    assert torch.equal(cms[1], confusion_matrix(logits.argmax(1), target, 3))
+
+
+def test_calibrated_scores_pick_the_best_offset_ties_to_the_smallest():
+    cms = np.array([
+        [[8, 2, 0], [0, 2, 0], [0, 0, 2]],  # IRF 2/4, SRF 1 -> 0.75
+        [[10, 0, 0], [0, 2, 0], [0, 0, 2]],  # 1.0
+        [[10, 0, 0], [0, 2, 0], [0, 0, 2]],  # 1.0 again, at a larger offset
+        [[10, 0, 0], [1, 1, 0], [0, 0, 2]],  # IRF 1/2 -> 0.75
+    ])
+    s = calibrated_scores(cms, [0.0, -0.5, 0.5, 3.0], NAMES, "val")
+    assert s == {"val/miou_calibrated": 1.0, "val/background_offset": -0.5}
+    assert calibrated_scores(cms[3:], [3.0], NAMES, "test") == {"test/miou_calibrated": 0.75, "test/background_offset": 3.0}
+    assert 0.0 in BACKGROUND_OFFSETS and (min(BACKGROUND_OFFSETS), max(BACKGROUND_OFFSETS)) == (-2.0, 6.0)
