@@ -130,16 +130,19 @@ class Augmenter:
         return _intensity(images), torch.stack(out_masks), out_boxes
 
 
-def _boxes_back(xyxy: torch.Tensor, classes: torch.Tensor, size) -> torch.Tensor:
-    """Transformed float boxes -> integer half-open [cls, y0, x0, y1, x1], empty ones dropped."""
+def _boxes_back(xyxy, classes, size) -> torch.Tensor:
+    """Transformed float boxes (N x 4 x0, y0, x1, y1) -> integer half-open [cls, y0, x0, y1, x1], empty ones dropped.
+
+    CPU tensors or arrays in, an int64 tensor out; the arithmetic runs in NumPy (boxes are a few
+    per image, where each torch call's overhead outweighs its work).
+    """
     h, w = size
-    x0 = xyxy[:, 0].floor().clamp(0, w)
-    y0 = xyxy[:, 1].floor().clamp(0, h)
-    x1 = xyxy[:, 2].ceil().clamp(0, w)
-    y1 = xyxy[:, 3].ceil().clamp(0, h)
-    out = torch.stack([classes.float(), y0, x0, y1, x1], dim=1).long()
+    xyxy = np.asarray(xyxy, dtype=np.float64)
+    x0, y0 = np.clip(np.floor(xyxy[:, 0]), 0, w), np.clip(np.floor(xyxy[:, 1]), 0, h)
+    x1, y1 = np.clip(np.ceil(xyxy[:, 2]), 0, w), np.clip(np.ceil(xyxy[:, 3]), 0, h)
+    out = np.stack([np.asarray(classes, dtype=np.float64), y0, x0, y1, x1], axis=1).astype(np.int64)
     keep = (out[:, 3] > out[:, 1]) & (out[:, 4] > out[:, 2])
-    return out[keep]
+    return torch.from_numpy(out[keep])
 
 
 def _intensity(images: torch.Tensor) -> torch.Tensor:
@@ -160,12 +163,13 @@ DEVICE_MEMORY_SHARE = 0.25  # most of a GPU's free memory a resident training se
 def make_batch(data: TensorSet, types: torch.Tensor, index: np.ndarray, augmenter: Optional[Augment]) -> Batch:
     """Gather a batch where ``data`` lives (CPU, or the device after ``on_device``), then augment it there."""
     idx = torch.from_numpy(index)
-    images = data.images[idx.to(data.images.device)]
-    masks = data.masks[idx.to(data.masks.device)].long()
+    where = idx.to(data.images.device)  # images, masks and global labels live together (on_device moves all three)
+    images = data.images[where]
+    masks = data.masks[where]  # the store's uint8 through augmentation, int64 for the losses
     boxes = [data.boxes[i] for i in index]
     if augmenter is not None:
         images, masks, boxes = augmenter(images, masks, boxes)
-    return Batch(images, masks, types[idx].long(), data.global_labels[idx.to(data.global_labels.device)], boxes)
+    return Batch(images, masks.long(), types[idx].long(), data.global_labels[where], boxes)
 
 
 def on_device(data: TensorSet, device: torch.device) -> TensorSet:
