@@ -73,16 +73,27 @@ BACKGROUND_OFFSETS: tuple[float, ...] = tuple(round(-2.0 + 0.25 * i, 2) for i in
 def offset_confusions(logits: Tensor, target: Tensor, offsets: Sequence[float]) -> Tensor:
     """K x C x C: the confusion matrix of argmax(logits + offset on the background logit) per offset.
 
-    logits N x C x H x W with background at index 0; a tie goes to background, as argmax does.
+    logits N x C x H x W with background at index 0; a tie goes to background, as argmax does;
+    IGNORE targets skipped. One pass whatever K: each pixel's gap (best foreground logit minus the
+    background logit) is bucketed by how many offsets lie below it, one bincount over (truth, best
+    foreground class, bucket) holds every offset's matrix, and a cumulative sum over buckets reads them out.
     """
-    num_classes = logits.shape[1]
+    num_classes, k = logits.shape[1], len(offsets)
     logits = logits.float()
-    foreground, foreground_class = logits[:, 1:].max(1)
-    gap = foreground - logits[:, 0]  # background wins where offset >= gap
-    return torch.stack([
-        confusion_matrix(torch.where(gap <= offset, 0, foreground_class + 1), target, num_classes)
-        for offset in offsets
-    ])
+    foreground, foreground_class = logits[:, 1:].max(1)  # class index - 1
+    valid = target != IGNORE
+    gap = (foreground - logits[:, 0])[valid].contiguous()  # background wins where offset >= gap
+    ordered, order = torch.tensor(offsets, dtype=torch.float32, device=gap.device).sort()
+    bucket = torch.searchsorted(ordered, gap)  # offsets strictly below the gap: foreground wins at those
+    index = (target[valid].long() * (num_classes - 1) + foreground_class[valid]) * (k + 1) + bucket
+    counts = torch.bincount(index, minlength=num_classes * (num_classes - 1) * (k + 1))
+    counts = counts.view(num_classes, num_classes - 1, k + 1)  # truth x best foreground class x bucket
+    foreground_wins = counts.flip(-1).cumsum(-1).flip(-1)[..., 1:]  # at sorted offset j: buckets above j
+    background_wins = (counts.sum(-1, keepdim=True) - foreground_wins).sum(1, keepdim=True)  # truth x 1 x K
+    sorted_cms = torch.cat([background_wins, foreground_wins], dim=1).permute(2, 0, 1)  # K x truth x prediction
+    cms = torch.empty_like(sorted_cms)
+    cms[order] = sorted_cms
+    return cms
 
 
 def calibrated_scores(cms: np.ndarray, offsets: Sequence[float], class_names: Sequence[str], prefix: str) -> dict[str, float]:

@@ -72,6 +72,16 @@ def test_offset_confusions_move_pixels_to_background_by_their_logit_gap():
     assert torch.equal(cms[1], confusion_matrix(logits.argmax(1), target, 3))
 
 
+def test_offset_confusions_keep_the_callers_offset_order_and_skip_ignored_pixels():
+    logits = torch.tensor([[0.0, 1.0, 0.5], [0.0, 0.2, 3.0], [2.0, 0.0, 1.0], [0.0, 9.0, 0.0]])  # gaps 1, 3, -1, 9
+    logits = logits.T.reshape(1, 3, 1, 4)
+    target = torch.tensor([[[1, 0, 0, 255]]])  # the fourth pixel is ignored
+    cms = offset_confusions(logits, target, [3.0, -2.0, 1.0])
+    assert cms[0].tolist() == [[2, 0, 0], [1, 0, 0], [0, 0, 0]]
+    assert cms[1].tolist() == [[0, 0, 2], [0, 1, 0], [0, 0, 0]]
+    assert cms[2].tolist() == [[1, 0, 1], [1, 0, 0], [0, 0, 0]]
+
+
 def test_calibrated_scores_pick_the_best_offset_ties_to_the_smallest():
     cms = np.array([
         [[8, 2, 0], [0, 2, 0], [0, 0, 2]],  # IRF 2/4, SRF 1 -> 0.75
