@@ -26,6 +26,7 @@ LABELS = {  # axis label, short name for titles
     "val/miou": ("foreground mIoU (val)", "mIoU"),
     "val/mdice": ("foreground Dice (val)", "Dice"),
     "val/miou_bg": ("mIoU with background (val)", "mIoU with background"),
+    "val/miou_calibrated": ("foreground mIoU, calibrated (val)", "calibrated mIoU"),
 }
 MIX_TYPES = (("full", "F"), ("box", "B"), ("global", "G"), ("none", "N"))
 

@@ -33,6 +33,7 @@ OBJECTIVE_METRICS: dict[str, str] = {
     "cost/hours": "min",
     "val/miou_bg": "max",
     "val/mdice": "max",
+    "val/miou_calibrated": "max",  # foreground mIoU with the background offset chosen on val (metrics.calibrated_scores)
     "cost/reduction": "max",
 }
 # Allowed values: each Literal is the one list, the tuple is read from it.
