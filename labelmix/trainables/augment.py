@@ -86,50 +86,46 @@ class BatchAugmenter:
         return IntensityParams(gamma, contrast, brightness)
 
 
-def forward_matrices(params: AffineParams, height: int, width: int) -> torch.Tensor:
-    """B x 2 x 3 float64 maps from source to output pixel coordinates: q = c + t + s R M (p - c).
+def affine_matrices(params: AffineParams, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, inverse): B x 2 x 3 float64 NumPy maps between pixel coordinates.
 
+    forward maps source to output, q = c + t + s R M (p - c); inverse maps back, p = c + M R^T (q - c - t) / s.
     c is the image centre, t the translation, s the scale, R the rotation [[cos, -sin], [sin, cos]]
     (torchvision's affine) and M the mirror diag(-1, 1) of flipped images (applied first, as in the
-    old Compose).
+    old Compose). In NumPy: a few numbers per image, where each of the ~20 torch calls they took
+    cost more than its work.
     """
-    cos, sin, mirror = _cos_sin_mirror(params)
-    linear = torch.stack([mirror * cos, -sin, mirror * sin, cos], -1).view(-1, 2, 2) * params.scale[:, None, None]  # s R M
-    return _about_centre(linear, params.translate, height, width)
+    rad = params.angle.numpy() * (math.pi / 180.0)
+    cos, sin, scale = np.cos(rad), np.sin(rad), params.scale.numpy()[:, None, None]
+    mirror = np.where(params.flip.numpy(), -1.0, 1.0)  # B: -1 or 1
+    forward = np.stack([mirror * cos, -sin, mirror * sin, cos], -1).reshape(-1, 2, 2) * scale  # s R M
+    inverse = np.stack([mirror * cos, mirror * sin, -sin, cos], -1).reshape(-1, 2, 2) / scale  # M R^T / s
+    shift = params.translate.numpy()  # B x 2
+    centre = np.array([width / 2.0, height / 2.0])
+    return (_about_centre(forward, shift, centre),
+            _about_centre(inverse, -(inverse @ shift[:, :, None])[..., 0], centre))
 
 
-def inverse_matrices(params: AffineParams, height: int, width: int) -> torch.Tensor:
-    """B x 2 x 3 float64, the inverse of forward_matrices: p = c + M R^T (q - c - t) / s."""
-    cos, sin, mirror = _cos_sin_mirror(params)
-    linear = torch.stack([mirror * cos, mirror * sin, -sin, cos], -1).view(-1, 2, 2) / params.scale[:, None, None]  # M R^T / s
-    return _about_centre(linear, -(linear @ params.translate[:, :, None])[..., 0], height, width)
-
-
-def _cos_sin_mirror(params: AffineParams):
-    rad = params.angle * (math.pi / 180.0)
-    return torch.cos(rad), torch.sin(rad), 1.0 - 2.0 * params.flip.to(torch.float64)  # B each; mirror is -1 or 1
-
-
-def _about_centre(linear: torch.Tensor, shift: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def _about_centre(linear: np.ndarray, shift: np.ndarray, centre: np.ndarray) -> np.ndarray:
     """B x 2 x 3 for x -> c + shift + linear (x - c), c the image centre."""
-    centre = torch.tensor([width / 2.0, height / 2.0], dtype=torch.float64)
-    offset = centre + shift - (linear @ centre)  # B x 2
-    return torch.cat([linear, offset[..., None]], dim=-1)
+    offset = centre + shift - linear @ centre  # B x 2
+    return np.concatenate([linear, offset[..., None]], axis=-1)
 
 
-def sampling_grid(inverse: torch.Tensor, height: int, width: int, device, dtype) -> torch.Tensor:
+def sampling_grid(inverse: np.ndarray, height: int, width: int, device, dtype) -> torch.Tensor:
     """The grid_sample grid (align_corners=False): for every output pixel centre, its source point.
 
     ``F.affine_grid`` builds its base grid with ``linspace``, whose float32 values miss the pixel
     centres by up to 4e-6 pixel, so an identity or a flip would blend neighbours; the centres here
     are exact for power-of-two sizes, so those transforms copy pixels exactly.
     """
-    linear, offset = inverse[:, :, :2], inverse[:, :, 2]  # B x 2 x 2, B x 2
-    half = torch.tensor([width / 2.0, height / 2.0], dtype=torch.float64)
+    linear, offset = inverse[:, :, :2], inverse[:, :, 2]  # B x 2 x 2, B x 2 (float64 NumPy)
+    half = np.array([width / 2.0, height / 2.0])
     # Normalised coordinates n = p / half - 1:  n_src = (half^-1 L half) n_out + (L half + b) / half - 1
     theta_linear = linear * half / half[:, None]  # B x 2 x 2
     theta_offset = ((linear @ half) + offset) / half - 1  # B x 2
-    theta = torch.cat([theta_linear, theta_offset[..., None]], dim=-1).to(device=device, dtype=dtype)  # B x 2 x 3
+    # B x 2 x 3 columns (x coefficient, y coefficient, offset), each B x 2 x 1 x 1, moved in one copy
+    theta = torch.from_numpy(np.concatenate([theta_linear, theta_offset[..., None]], axis=-1)).to(device=device, dtype=dtype)
     b = theta.shape[0]
     xs = _pixel_centres(width, device, dtype).view(1, 1, 1, width)
     ys = _pixel_centres(height, device, dtype).view(1, 1, height, 1)
@@ -153,16 +149,17 @@ def warp(images: torch.Tensor, masks: torch.Tensor, boxes: list[torch.Tensor], p
     Outside the source image, images get 0 and masks 0 (background), as in torchvision.
     """
     b, _, h, w = images.shape
-    grid = sampling_grid(inverse_matrices(params, h, w), h, w, images.device, images.dtype)
+    forward, inverse = affine_matrices(params, h, w)
+    grid = sampling_grid(inverse, h, w, images.device, images.dtype)
     # One grid_sample for both: the mask rides as the last channel (nearest copies labels, 0..255 are exact in float)
     both = torch.cat([images, masks[:, None].to(images.dtype)], dim=1)
     both = F.grid_sample(both, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     images, masks = both[:, :-1], both[:, -1].to(masks.dtype)  # B x C x H x W, B x H x W in the masks' dtype
-    return images, masks, transform_boxes(boxes, forward_matrices(params, h, w), (h, w))
+    return images, masks, transform_boxes(boxes, forward, (h, w))
 
 
-def transform_boxes(boxes: list[torch.Tensor], forward: torch.Tensor, size) -> list[torch.Tensor]:
-    """Per image K x 5 [cls, y0, x0, y1, x1] through its 2 x 3 forward map: the bound of the four corners, rounded outwards.
+def transform_boxes(boxes: list[torch.Tensor], forward: np.ndarray, size) -> list[torch.Tensor]:
+    """Per image K x 5 [cls, y0, x0, y1, x1] through its 2 x 3 forward map (NumPy): the bound of the four corners, rounded outwards.
 
     Boxes live on the CPU (``Batch.to`` moves them with the batch); the arithmetic runs in NumPy, a few
     rows per image.
@@ -172,7 +169,7 @@ def transform_boxes(boxes: list[torch.Tensor], forward: torch.Tensor, size) -> l
         return list(boxes)
     every = torch.cat(boxes).numpy()  # N x 5, all images' boxes
     owner = np.repeat(np.arange(len(boxes)), counts)  # N: the image of each box
-    matrix = forward.cpu().numpy()[owner]  # N x 2 x 3 float64
+    matrix = forward[owner]  # N x 2 x 3 float64
     x = every[:, [2, 4, 2, 4]].astype(np.float64)  # N x 4 corner x: x0, x1, x0, x1
     y = every[:, [1, 1, 3, 3]].astype(np.float64)  # N x 4 corner y: y0, y0, y1, y1
     moved_x = matrix[:, 0, 0:1] * x + matrix[:, 0, 1:2] * y + matrix[:, 0, 2:3]  # N x 4

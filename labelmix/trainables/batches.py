@@ -164,12 +164,13 @@ def make_batch(data: TensorSet, types: torch.Tensor, index: np.ndarray, augmente
     """Gather a batch where ``data`` lives (CPU, or the device after ``on_device``), then augment it there."""
     idx = torch.from_numpy(index)
     where = idx.to(data.images.device)  # images, masks and global labels live together (on_device moves all three)
-    images = data.images[where]
-    masks = data.masks[where]  # the store's uint8 through augmentation, int64 for the losses
+    # index_select, not x[where]: the same rows, 3x (images) to 16x (uint8 masks) faster on one CPU thread
+    images = data.images.index_select(0, where)
+    masks = data.masks.index_select(0, where)  # the store's uint8 through augmentation, int64 for the losses
     boxes = [data.boxes[i] for i in index]
     if augmenter is not None:
         images, masks, boxes = augmenter(images, masks, boxes)
-    return Batch(images, masks.long(), types[idx].long(), data.global_labels[where], boxes)
+    return Batch(images, masks.long(), types.index_select(0, idx).long(), data.global_labels.index_select(0, where), boxes)
 
 
 def on_device(data: TensorSet, device: torch.device) -> TensorSet:

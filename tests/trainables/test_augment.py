@@ -173,7 +173,7 @@ def test_the_gather_moves_pixels_as_grid_sample_nearest_would():
     same inverse maps, in normalised coordinates, gives the same images and masks pixel for pixel."""
     import torch.nn.functional as F
 
-    from labelmix.trainables.augment import inverse_matrices
+    from labelmix.trainables.augment import affine_matrices
 
     b, h, w = 12, 64, 32
     images = torch.rand(b, 1, h, w, generator=torch.Generator().manual_seed(5))
@@ -181,7 +181,7 @@ def test_the_gather_moves_pixels_as_grid_sample_nearest_would():
     params = BatchAugmenter(torch.Generator().manual_seed(7)).sample_affine(b, h, w)
     out_images, out_masks, _ = warp(images, masks, [torch.zeros(0, 5, dtype=torch.int64)] * b, params)
 
-    inverse = inverse_matrices(params, h, w)  # pixel units, float64
+    inverse = torch.from_numpy(affine_matrices(params, h, w)[1])  # pixel units, float64
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij")
     source_x = inverse[:, 0, 0, None, None] * xs + inverse[:, 0, 1, None, None] * ys + inverse[:, 0, 2, None, None]
     source_y = inverse[:, 1, 0, None, None] * xs + inverse[:, 1, 1, None, None] * ys + inverse[:, 1, 2, None, None]
