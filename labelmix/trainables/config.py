@@ -106,6 +106,12 @@ class TrainConfig(_Strict):
     # foreground_weight for the pseudo-label CE. 1: the teacher's false positives are not amplified
     # (at 10 they fed back until the student marked fluid everywhere, docs/RESULTS.md)
     pseudo_foreground_weight: float = Field(1.0, ge=0)
+    # Pseudo-labels from the teacher's logits minus log(class weight). Under the weighted mask CE the
+    # logits carry about +log(foreground_weight) for every fluid class (the val-chosen background
+    # offsets of all-mask runs: 1.75-2.0 against log 10 = 2.3, docs/RESULTS.md), so the plain argmax
+    # over-fills boxes and marks fluid on unlabeled images; debiased, it reads the posterior the CE
+    # weight shifted. No effect with class_balance logit_adjust (its pseudo-labels read adjusted logits).
+    pseudo_debias: bool = False
     keep_model: Literal["teacher", "student"] = "teacher"
     # optimisation
     epochs: int = Field(20, ge=1)
@@ -160,6 +166,8 @@ class TrainConfig(_Strict):
     def _logit_adjust_needs_weight(self):
         if self.class_balance == "logit_adjust" and self.foreground_weight <= 0:
             raise ValueError("class_balance logit_adjust subtracts log(foreground_weight): foreground_weight must be > 0")
+        if self.pseudo_debias and self.class_balance == "weight" and self.foreground_weight <= 0:
+            raise ValueError("pseudo_debias subtracts log(foreground_weight): foreground_weight must be > 0")
         return self
 
     def digest(self) -> str:

@@ -35,6 +35,7 @@ class Criterion:
     class_weights: Tensor | None  # None: unweighted CE (logit_adjust carries the class balance)
     pseudo_class_weights: Tensor | None
     logit_offset: Tensor | None  # C: log(class weight), subtracted from the main head's logits (logit_adjust)
+    pseudo_offset: Tensor | None  # C: log(class weight), subtracted from the teacher's logits before pseudo-labelling (pseudo_debias)
     negative_weight: float
     tightness_weight: float
     box_size_weight: float
@@ -81,7 +82,7 @@ class Criterion:
                 with torch.no_grad():
                     teacher_main, _ = teacher(batch.images[weak])
                     pseudo = constrained_pseudo_labels(
-                        self.adjusted(teacher_main), None if allowed is None else allowed[weak], self.pseudo_threshold
+                        self.pseudo_logits(teacher_main), None if allowed is None else allowed[weak], self.pseudo_threshold
                     )
                 terms["pseudo"] = pseudo_weight * (
                     losses.cross_entropy(main[weak], pseudo, self.pseudo_class_weights)
@@ -96,6 +97,13 @@ class Criterion:
         if self.logit_offset is None:
             return logits
         return logits.float() - self.logit_offset[:, None, None]
+
+    def pseudo_logits(self, teacher_logits: Tensor) -> Tensor:
+        """The teacher's logits its pseudo-labels read: the adjusted ones, debiased with pseudo_debias."""
+        logits = self.adjusted(teacher_logits)
+        if self.pseudo_offset is None:
+            return logits
+        return logits.float() - self.pseudo_offset[:, None, None]
 
     def _weak_terms(self, main, levels, batch: Batch, allowed: Tensor, box_mask: Tensor) -> dict[str, Tensor]:
         box, glob = batch.types == BOX, batch.types == GLOBAL
@@ -164,6 +172,8 @@ def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: t
         class_weights=(None if adjust else losses.class_weights(num_classes, config.foreground_weight).to(device)),
         pseudo_class_weights=(None if adjust else losses.class_weights(num_classes, config.pseudo_foreground_weight).to(device)),
         logit_offset=(losses.class_weights(num_classes, config.foreground_weight).log().to(device) if adjust else None),
+        pseudo_offset=(losses.class_weights(num_classes, config.foreground_weight).log().to(device)
+                       if config.pseudo_debias and not adjust else None),
         negative_weight=config.negative_weight,
         tightness_weight=config.tightness_weight,
         box_size_weight=config.box_size_weight,

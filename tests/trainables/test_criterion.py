@@ -90,6 +90,36 @@ def test_logit_adjust_every_main_head_term_reads_logits_minus_log_class_weight()
     assert adjusted["pseudo"].item() == pytest.approx(math.log(2))
 
 
+class Constant(torch.nn.Module):
+    """A stand-in network with the same logits at every pixel."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, x):
+        return self.logits.view(1, -1, 1, 1).expand(x.shape[0], -1, *x.shape[-2:]).clone(), []
+
+
+@pytest.mark.parametrize("debias", [False, True])
+def test_pseudo_debias_reads_the_teacher_logits_minus_log_class_weight(debias):
+    """Teacher logits [0, 0.5, 0, 0] at every pixel, foreground weight 3 (log 3 = 1.10): plainly its
+    pseudo-label is class 1 wherever class 1 is allowed (the 16 pixels of the box, all 256 of the
+    unlabeled image); debiased, 0.5 - log 3 < 0 and background wins everywhere. The student's
+    logits [1, 0, 0, 0] make the two labels' CE differ: background log(e + 3) - 1, class 1 log(e + 3)."""
+    student, teacher = Constant([1.0, 0.0, 0.0, 0.0]), Constant([0.0, 0.5, 0.0, 0.0])
+    config = load_config({"ds_depth": 0, "foreground_weight": 3.0, "pseudo_debias": debias})
+    terms = build_criterion(config, 4, 0, torch.device("cpu")).terms(student, teacher, _batch(), pseudo_weight=1.0)
+    background, fluid = math.log(math.e + 3) - 1, math.log(math.e + 3)
+    expected = background if debias else (272 * fluid + 240 * background) / 512  # the box and unlabeled images' 512 pixels
+    assert terms["pseudo"].item() == pytest.approx(expected)
+
+
+def test_pseudo_debias_needs_a_positive_foreground_weight():
+    with pytest.raises(UserError, match="pseudo_debias subtracts log"):
+        load_config({"pseudo_debias": True, "foreground_weight": 0})
+
+
 def test_logit_adjust_needs_a_positive_foreground_weight():
     with pytest.raises(UserError, match="foreground_weight must be > 0"):
         load_config({"class_balance": "logit_adjust", "foreground_weight": 0})
