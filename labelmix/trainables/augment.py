@@ -124,7 +124,7 @@ def sampling_grid(inverse: np.ndarray, height: int, width: int, device, dtype) -
     # Normalised coordinates n = p / half - 1:  n_src = (half^-1 L half) n_out + (L half + b) / half - 1
     theta_linear = linear * half / half[:, None]  # B x 2 x 2
     theta_offset = ((linear @ half) + offset) / half - 1  # B x 2
-    # B x 2 x 3 columns (x coefficient, y coefficient, offset), each B x 2 x 1 x 1, moved in one copy
+    # B x 2 x 3 (x coefficient, y coefficient, offset), moved to the device in one copy
     theta = torch.from_numpy(np.concatenate([theta_linear, theta_offset[..., None]], axis=-1)).to(device=device, dtype=dtype)
     b = theta.shape[0]
     xs = _pixel_centres(width, device, dtype).view(1, 1, 1, width)

@@ -35,7 +35,7 @@ class Criterion:
     class_weights: Tensor | None  # None: unweighted CE (logit_adjust carries the class balance)
     pseudo_class_weights: Tensor | None
     logit_offset: Tensor | None  # C: log(class weight), subtracted from the main head's logits (logit_adjust)
-    pseudo_offset: Tensor | None  # C: log(class weight), subtracted from the teacher's logits before pseudo-labelling (pseudo_debias)
+    pseudo_offset: Tensor | None  # C: log(class weight), subtracted from the teacher's logits before pseudo-labelling (logit_adjust or pseudo_debias)
     negative_weight: float
     tightness_weight: float
     box_size_weight: float
@@ -99,11 +99,10 @@ class Criterion:
         return logits.float() - self.logit_offset[:, None, None]
 
     def pseudo_logits(self, teacher_logits: Tensor) -> Tensor:
-        """The teacher's logits its pseudo-labels read: the adjusted ones, debiased with pseudo_debias."""
-        logits = self.adjusted(teacher_logits)
+        """The teacher's logits its pseudo-labels read: as they are, or minus log(class weight)."""
         if self.pseudo_offset is None:
-            return logits
-        return logits.float() - self.pseudo_offset[:, None, None]
+            return teacher_logits
+        return teacher_logits.float() - self.pseudo_offset[:, None, None]
 
     def _weak_terms(self, main, levels, batch: Batch, allowed: Tensor, box_mask: Tensor) -> dict[str, Tensor]:
         box, glob = batch.types == BOX, batch.types == GLOBAL
@@ -163,6 +162,7 @@ def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: t
         raise UserError(f"ds_level_weights: {len(level_weights)} weights for {depth} supervised levels")
     ds = partial(_ds_of_kind, config.ds_type, config.ds_negative_rule)
     adjust = config.class_balance == "logit_adjust"
+    log_weights = losses.class_weights(num_classes, config.foreground_weight).log().to(device)
     return Criterion(
         ds=ds,
         multi_label=config.ds_type == "multi_label",
@@ -171,9 +171,8 @@ def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: t
         level_weights=level_weights,
         class_weights=(None if adjust else losses.class_weights(num_classes, config.foreground_weight).to(device)),
         pseudo_class_weights=(None if adjust else losses.class_weights(num_classes, config.pseudo_foreground_weight).to(device)),
-        logit_offset=(losses.class_weights(num_classes, config.foreground_weight).log().to(device) if adjust else None),
-        pseudo_offset=(losses.class_weights(num_classes, config.foreground_weight).log().to(device)
-                       if config.pseudo_debias and not adjust else None),
+        logit_offset=log_weights if adjust else None,
+        pseudo_offset=log_weights if adjust or config.pseudo_debias else None,  # logit_adjust's pseudo-labels read adjusted logits too
         negative_weight=config.negative_weight,
         tightness_weight=config.tightness_weight,
         box_size_weight=config.box_size_weight,
