@@ -11,6 +11,7 @@ is sampled as index strings "0", "1", ... and decoded by ``trial_config``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from ray import tune
@@ -22,7 +23,7 @@ from labelmix.platform.spec import StudySpec
 from labelmix.trainables.config import TrainConfig
 from labelmix.trainables.data.annotations import AnnotationMix
 
-__all__ = ["REFERENCE", "case_name", "grid_size", "is_reference", "mix_of", "optuna_grid", "options",
+__all__ = ["REFERENCE", "case_name", "distinct_points", "grid_size", "is_reference", "mix_of", "optuna_grid", "options",
            "reference_point", "trial_config", "tune_param_space"]
 
 # The key that marks the study's reference trial in its sampled values (labelmix.platform.reference
@@ -74,6 +75,20 @@ def grid_size(spec: StudySpec) -> int:
     """Points of the grid: the product of the grid lists' lengths."""
     optuna_grid(spec)  # the same check: only a grid spec has a grid
     return grid_points(spec.axes)
+
+
+def distinct_points(spec: StudySpec) -> int | None:
+    """How many distinct configurations the search space holds: the product of the options of its
+    choice, grid and int axes; None when an axis is continuous (uniform, loguniform)."""
+    sizes = []
+    for axis in spec.searched:
+        if axis.kind in ("choice", "grid"):
+            sizes.append(len(axis.values))
+        elif axis.kind == "int":
+            sizes.append(int(axis.values[-1]) - int(axis.values[0]) + 1)
+        else:
+            return None
+    return math.prod(sizes)
 
 
 def _decode(axis: Axis, value: Any) -> Any:
