@@ -3,7 +3,7 @@
 For every box of every training image of a store (default: the built-in synthetic set), the share
 of the box's pixels that carry its class; per class the mean, median, 5th/10th/90th/95th
 percentiles and the share of boxes below 0.5 and above 0.9 (the default band's ends). A team can
-run it on its own few masks to pick `box_fill`.
+run it on its own few masks to pick `box_fill` (`box_fill: auto` reads the band off a run's own masked images).
 
 Run: .venv/bin/python benchmarks/box_fill.py [--set FIELD=VALUE ...]
 """
@@ -21,17 +21,9 @@ from common import save  # noqa: E402
 
 from labelmix.cli import apply_overrides  # noqa: E402
 from labelmix.trainables.config import load_config  # noqa: E402
+from labelmix.trainables.data.annotations import box_fills  # noqa: E402
 from labelmix.trainables.data.store import load_store  # noqa: E402
 from labelmix.trainables.fit import resolve_store  # noqa: E402
-
-
-def box_fills(masks, boxes) -> dict[int, np.ndarray]:
-    """Class -> the share of each of its boxes that its mask fills (boxes K x 5 [cls, y0, x0, y1, x1], half-open)."""
-    fills: dict[int, list[float]] = {}
-    for mask, image_boxes in zip(masks, boxes):
-        for cls, y0, x0, y1, x1 in np.asarray(image_boxes, dtype=np.int64):
-            fills.setdefault(int(cls), []).append(float((mask[y0:y1, x0:x1] == cls).mean()))
-    return {cls: np.array(values) for cls, values in sorted(fills.items())}
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal, Mapping, Optional, get_args
+from typing import Any, Literal, Mapping, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -74,7 +74,9 @@ class TrainConfig(_Strict):
     tightness_weight: float = Field(1.0, ge=0)  # every row and column of a box holds its class
     box_line_sharpness: float = Field(50.0, gt=0)  # r of the smooth max along a box line (10 let whole lines fill: 0.386 vs 0.432, seed 0)
     box_size_weight: float = Field(1.0, ge=0)  # band on the share of a box its class fills
-    box_fill: tuple[float, float] = (0.5, 0.9)
+    # [low, high] for every class, or "auto": per class the 5th-95th percentile of the share of its
+    # box each class fills on the run's own masked images (criterion.box_bands)
+    box_fill: Union[tuple[float, float], Literal["auto"]] = (0.5, 0.9)
     pairwise_weight: float = Field(1.0, ge=0)  # inside boxes, neighbours of similar intensity share a class (BoxInst)
     pairwise_dilation: int = Field(1, ge=1)  # pixels between the two ends of a pair
     # |intensity difference| (images in [0, 1], smoothed) below which a pair counts as similar. 0.05: on
@@ -153,8 +155,8 @@ class TrainConfig(_Strict):
     @field_validator("box_fill")
     @classmethod
     def _fill_band(cls, v):
-        if not 0.0 <= v[0] <= v[1] <= 1.0:
-            raise ValueError("must be [low, high] with 0 <= low <= high <= 1")
+        if v != "auto" and not 0.0 <= v[0] <= v[1] <= 1.0:
+            raise ValueError("must be [low, high] with 0 <= low <= high <= 1, or auto")
         return v
 
     @field_validator("ds_level_weights", "decoder_channels")

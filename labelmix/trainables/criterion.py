@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,7 +40,7 @@ class Criterion:
     negative_weight: float
     tightness_weight: float
     box_size_weight: float
-    box_fill: tuple[float, float]
+    box_fill: tuple[tuple[float, float], ...]  # per class: the size band's (low, high)
     box_line_sharpness: float
     pairwise_weight: float
     pairwise_dilation: int
@@ -155,8 +156,31 @@ class Criterion:
         return terms
 
 
-def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: torch.device) -> Criterion:
-    """The run's loss: every choice of the config resolved once."""
+# box_fill auto: the band of a class covers the 5th-95th percentile of its masked boxes' fills; a
+# class with fewer masked boxes than this keeps the default band
+AUTO_FILL_PERCENTILES = (5.0, 95.0)
+AUTO_FILL_MIN_BOXES = 3
+DEFAULT_FILL = (0.5, 0.9)
+
+
+def box_bands(box_fill, fills: Mapping[int, np.ndarray], num_classes: int) -> tuple[tuple[float, float], ...]:
+    """The size band of each class (index = class): ``box_fill`` itself for every class, or with
+    "auto" read off ``fills`` (class -> the shares of its boxes it fills on the masked images,
+    ``annotations.box_fills``)."""
+    if box_fill != "auto":
+        return (tuple(box_fill),) * num_classes
+    bands = []
+    for cls in range(num_classes):
+        values = fills.get(cls, np.empty(0))
+        enough = cls > 0 and len(values) >= AUTO_FILL_MIN_BOXES
+        bands.append(tuple(float(v) for v in np.percentile(values, AUTO_FILL_PERCENTILES)) if enough else DEFAULT_FILL)
+    return tuple(bands)
+
+
+def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: torch.device,
+                    masked_fills: Mapping[int, np.ndarray] | None = None) -> Criterion:
+    """The run's loss: every choice of the config resolved once. ``masked_fills``: the box fills of
+    the masked training images (``annotations.box_fills``), read by ``box_fill: auto``."""
     level_weights = tuple(config.ds_level_weights or (1.0,) * depth)
     if len(level_weights) != depth:
         raise UserError(f"ds_level_weights: {len(level_weights)} weights for {depth} supervised levels")
@@ -176,7 +200,7 @@ def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: t
         negative_weight=config.negative_weight,
         tightness_weight=config.tightness_weight,
         box_size_weight=config.box_size_weight,
-        box_fill=tuple(config.box_fill),
+        box_fill=box_bands(config.box_fill, masked_fills or {}, num_classes),
         box_line_sharpness=config.box_line_sharpness,
         pairwise_weight=config.pairwise_weight,
         pairwise_dilation=config.pairwise_dilation,

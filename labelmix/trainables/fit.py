@@ -23,7 +23,7 @@ from labelmix.trainables.augment import BatchAugmenter
 from labelmix.trainables.batches import TensorSet, batch_indices, make_batch, on_device, to_tensors
 from labelmix.trainables.config import TrainConfig, load_config
 from labelmix.trainables.criterion import Criterion, build_criterion
-from labelmix.trainables.data.annotations import MixCost, assign_mix, mix_cost
+from labelmix.trainables.data.annotations import FULL, MixCost, assign_mix, box_fills, mix_cost
 from labelmix.trainables.data.store import ImageStore, load_store
 from labelmix.trainables.metrics import BACKGROUND_OFFSETS, calibrated_scores, offset_confusions, segmentation_scores
 from labelmix.trainables.model import build_model
@@ -107,7 +107,8 @@ def build_run(config: TrainConfig) -> Run:
         student = student.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # shapes are fixed within a run
-    criterion = build_criterion(config, store.num_classes, student.ds_depth, device)
+    criterion = build_criterion(config, store.num_classes, student.ds_depth, device,
+                                masked_fills=masked_box_fills(train_store, types) if config.box_fill == "auto" else None)
     steps = config.steps_per_epoch or max(1, len(train_store) // config.batch_size)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return Run(
@@ -139,6 +140,13 @@ def plan_annotations(config: TrainConfig, store: ImageStore) -> tuple[ImageStore
         raise UserError("dataset: the store has no training images")
     types = assign_mix(len(train_store), config.mix, config.mix.seed)
     return train_store, types, mix_cost(types, train_store.box_counts, store.num_classes, config.cost)
+
+
+def masked_box_fills(train_store: ImageStore, types: np.ndarray) -> dict[int, np.ndarray]:
+    """The box fills (``annotations.box_fills``) of the fully labelled training images only: what a
+    team that masked those images knows about how its classes fill their boxes."""
+    masked = np.flatnonzero(types == FULL)
+    return box_fills([train_store.masks[i] for i in masked], [train_store.boxes[i] for i in masked])
 
 
 def train_epoch(run: Run, epoch: int, total_steps: int) -> dict[str, float]:

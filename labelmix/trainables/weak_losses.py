@@ -33,7 +33,8 @@ def negative_loss(logits: Tensor, allowed: Tensor) -> Tensor:
     return -allowed_logp.mean()
 
 
-def box_prior_losses(logits: Tensor, boxes: Boxes, sharpness: float, fill: tuple[float, float]) -> tuple[Tensor, Tensor]:
+def box_prior_losses(logits: Tensor, boxes: Boxes, sharpness: float,
+                     fill: Sequence[tuple[float, float]]) -> tuple[Tensor, Tensor]:
     """(tightness, size) for the class-c boxes of each image, on the main head.
 
     Tightness (Hsu et al. 2019): every row and every column of a tight class-c box holds class c
@@ -41,23 +42,26 @@ def box_prior_losses(logits: Tensor, boxes: Boxes, sharpness: float, fill: tuple
     (r = ``sharpness``; s >= max log p_c); the loss is relu(-s), so a line is satisfied once its
     best pixels are confidently c. Mean over all lines of all boxes.
     Size (Kervadec et al. 2020): the mean probability of c inside the box, f, should lie in
-    ``fill`` = (low, high); loss relu(low - f)^2 + relu(f - high)^2, mean over boxes.
+    ``fill[c]`` = (low, high), the band of class c; loss relu(low - f)^2 + relu(f - high)^2, mean
+    over boxes.
     Both are 0 (and differentiable) without boxes.
     """
     logp = logits.float().log_softmax(1)  # B x C x H x W
-    lines, fills = [], []
+    lines, fills, lows, highs = [], [], [], []
     for i, image_boxes in enumerate(boxes):
         for c, y0, x0, y1, x1 in image_boxes.tolist():
             patch = logp[i, c, y0:y1, x0:x1]  # h x w
             lines.append(torch.logsumexp(sharpness * patch, dim=1) / sharpness)  # one per row
             lines.append(torch.logsumexp(sharpness * patch, dim=0) / sharpness)  # one per column
             fills.append(patch.exp().mean())
+            lows.append(fill[c][0])
+            highs.append(fill[c][1])
     if not fills:
         zero = logits.sum() * 0.0
         return zero, zero
     tightness = F.relu(-torch.cat(lines)).mean()
     f = torch.stack(fills)
-    low, high = fill
+    low, high = f.new_tensor(lows), f.new_tensor(highs)
     size = (F.relu(low - f) ** 2 + F.relu(f - high) ** 2).mean()
     return tightness, size
 

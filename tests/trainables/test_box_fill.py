@@ -1,13 +1,10 @@
-"""benchmarks/box_fill.py's pure part: the share of each box its class fills, by hand."""
-
-import sys
-from pathlib import Path
+"""The share of each box its class fills, by hand, and the size bands read off it (box_fill: auto)."""
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from box_fill import box_fills  # noqa: E402
+from labelmix.trainables.criterion import box_bands
+from labelmix.trainables.data.annotations import box_fills
 
 
 def test_box_fills_counts_the_class_pixels_inside_each_box():
@@ -20,3 +17,11 @@ def test_box_fills_counts_the_class_pixels_inside_each_box():
     assert sorted(fills) == [1, 2]
     assert fills[1].tolist() == pytest.approx([6 / 8])
     assert fills[2].tolist() == pytest.approx([4 / 6])
+
+
+def test_box_bands_are_one_pair_for_every_class_or_the_masked_boxes_percentiles():
+    assert box_bands((0.5, 0.9), {}, 3) == ((0.5, 0.9),) * 3
+    fills = {1: np.linspace(0.2, 0.8, 21), 2: np.array([0.7])}  # class 2: one box, too few to read a band off
+    bands = box_bands("auto", fills, 4)
+    assert bands[1] == pytest.approx((0.23, 0.77))  # 5th and 95th percentiles of 0.20, 0.23, ..., 0.80
+    assert bands[0] == bands[2] == bands[3] == (0.5, 0.9)  # background, and classes without enough masked boxes

@@ -97,6 +97,8 @@ def test_non_finite_loss_stops_at_once(tmp_path, monkeypatch):
         ({"box_weight": -1.0}, "box_weight"),
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"ema_decay": 0.0}, "ema_decay"),
+        ({"box_fill": "tight"}, "box_fill"),
+        ({"box_fill": [0.9, 0.5]}, "box_fill"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, override, field):
@@ -230,3 +232,19 @@ def test_default_bf16_falls_back_to_fp32_on_a_cpu_without_bf16_instructions(tmp_
     assert fit_module.resolve_precision(tiny(tmp_path, precision="bf16"), cpu) == "bf16"  # asked for: kept
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert fit_module.resolve_precision(tiny(tmp_path), cpu) == "bf16"
+
+
+def test_box_fill_auto_reads_each_class_band_off_the_masked_training_images(tmp_path):
+    import numpy as np
+
+    from labelmix.trainables.criterion import box_bands
+    from labelmix.trainables.data.annotations import FULL, box_fills
+
+    run = fit_module.build_run(tiny(tmp_path, box_fill="auto", mix={"full": 0.5, "box": 0.5}))
+    masked = np.flatnonzero(run.types.numpy() == FULL)
+    store = fit_module.plan_annotations(run.config, fit_module.load_store(fit_module.resolve_store(run.config)))[0]
+    fills = box_fills([store.masks[i] for i in masked], [store.boxes[i] for i in masked])
+    assert run.criterion.box_fill == box_bands("auto", fills, 4)
+    assert sum(len(v) >= 3 for v in fills.values()) >= 1  # at least one class has its own band here
+    assert any(band != (0.5, 0.9) for band in run.criterion.box_fill[1:])
+    assert fit_module.build_run(tiny(tmp_path)).criterion.box_fill == ((0.5, 0.9),) * 4

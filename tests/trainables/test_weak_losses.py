@@ -30,12 +30,20 @@ def test_box_tightness_and_size_on_an_even_box():
     logits = torch.zeros(1, 2, 2, 2)  # p_c = 0.5 at every pixel
     boxes = [torch.tensor([[1, 0, 0, 2, 2]])]  # class 1 over the whole 2 x 2 image
     # each of the 2 rows and 2 columns: s = (log 2 + r log 0.5) / r; r = 2 -> -log(2) / 2
-    tight, size = W.box_prior_losses(logits, boxes, sharpness=2.0, fill=(0.6, 0.9))
+    tight, size = W.box_prior_losses(logits, boxes, sharpness=2.0, fill=[(0.5, 0.9), (0.6, 0.9)])
     assert tight.item() == pytest.approx(LOG2 / 2)
     assert size.item() == pytest.approx((0.6 - 0.5) ** 2)  # fill 0.5 below the band's 0.6
     # r = 1: s = log 2 + log 0.5 = 0, every line satisfied
-    tight, size = W.box_prior_losses(logits, boxes, sharpness=1.0, fill=(0.4, 0.9))
+    tight, size = W.box_prior_losses(logits, boxes, sharpness=1.0, fill=[(0.5, 0.9), (0.4, 0.9)])
     assert tight.item() == pytest.approx(0.0, abs=1e-7) and size.item() == 0.0
+
+
+def test_the_size_band_is_the_boxed_class_own():
+    logits = torch.zeros(1, 3, 2, 2)  # p = 1/3 for each of three classes everywhere
+    boxes = [torch.tensor([[1, 0, 0, 2, 2], [2, 0, 0, 1, 2]])]  # a class-1 box and a class-2 box
+    bands = [(0.0, 1.0), (0.5, 0.9), (0.0, 0.2)]  # class 1 fills 1/3 < 0.5; class 2 fills 1/3 > 0.2
+    _, size = W.box_prior_losses(logits, boxes, sharpness=1.0, fill=bands)
+    assert size.item() == pytest.approx(((0.5 - 1 / 3) ** 2 + (1 / 3 - 0.2) ** 2) / 2)
 
 
 def test_box_tightness_sees_only_the_box_lines():
@@ -43,17 +51,17 @@ def test_box_tightness_sees_only_the_box_lines():
     logits[0, 0] = 20.0  # background certain (p_1 = e^-20) everywhere ...
     logits[0, 0, 0, 0], logits[0, 1, 0, 0] = 0.0, 40.0  # ... but at (0, 0), where class 1 is
     box = [torch.tensor([[1, 0, 0, 1, 1]])]  # a 1 x 1 box there: its one row and column are satisfied
-    tight, _ = W.box_prior_losses(logits, box, sharpness=10.0, fill=(0.0, 1.0))
+    tight, _ = W.box_prior_losses(logits, box, sharpness=10.0, fill=[(0.0, 1.0)] * 2)
     assert tight.item() == pytest.approx(0.0, abs=1e-6)
     wider = [torch.tensor([[1, 0, 0, 2, 1]])]  # rows 0-1 of column 0: row 1 holds no class-1 pixel
-    tight, _ = W.box_prior_losses(logits, wider, sharpness=10.0, fill=(0.0, 1.0))
+    tight, _ = W.box_prior_losses(logits, wider, sharpness=10.0, fill=[(0.0, 1.0)] * 2)
     # lines: row 0 ok, row 1 -log p_1 = 20, column 0 ok (its max is 1) -> mean over 3 lines 20 / 3
     assert tight.item() == pytest.approx(20.0 / 3, rel=1e-4)
 
 
 def test_no_boxes_give_zero_priors_with_a_gradient_path():
     logits = torch.zeros(1, 2, 2, 2, requires_grad=True)
-    tight, size = W.box_prior_losses(logits, [torch.zeros(0, 5, dtype=torch.long)], 10.0, (0.5, 0.9))
+    tight, size = W.box_prior_losses(logits, [torch.zeros(0, 5, dtype=torch.long)], 10.0, [(0.5, 0.9)] * 2)
     assert tight.item() == 0.0 and size.item() == 0.0
     (tight + size).backward()
 

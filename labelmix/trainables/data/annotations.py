@@ -40,6 +40,15 @@ def boxes_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.int32).reshape(-1, 5)
 
 
+def box_fills(masks: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+    """Class -> the share of each of its boxes that its mask fills (boxes K x 5 [cls, y0, x0, y1, x1], half-open)."""
+    fills: dict[int, list[float]] = {}
+    for mask, image_boxes in zip(masks, boxes):
+        for cls, y0, x0, y1, x1 in np.asarray(image_boxes, dtype=np.int64):
+            fills.setdefault(int(cls), []).append(float((mask[y0:y1, x0:x1] == cls).mean()))
+    return {cls: np.array(values) for cls, values in sorted(fills.items())}
+
+
 def global_label(mask: np.ndarray, num_classes: int) -> np.ndarray:
     """Classes with at least one pixel, as a bool vector of length num_classes."""
     present = np.bincount(mask.ravel(), minlength=num_classes)[:num_classes] > 0
