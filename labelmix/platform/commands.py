@@ -24,6 +24,7 @@ def cmd_spaces(args) -> int:
 
 
 def cmd_check(args) -> int:
+    from labelmix.platform.space import distinct_points
     from labelmix.platform.spec import load_spec, smoke_spec
     from labelmix.platform.storage_checks import check_before_start, check_storage
 
@@ -36,6 +37,10 @@ def cmd_check(args) -> int:
     print(f"{args.spec}: valid study spec {spec.name!r}: {spec.search.trials} trials{reference}, "
           f"{spec.search.algorithm} search, {spec.scheduler.type} scheduler, "
           f"objectives {', '.join(f'{o.metric} ({o.mode})' for o in spec.objectives)}")
+    points = distinct_points(spec)
+    if points is not None and points < spec.search.trials:
+        print(f"{args.spec}: the search space holds {points} distinct configurations and none runs twice: "
+              f"the search ends after {points} of its {spec.search.trials} trials")
     return 0
 
 

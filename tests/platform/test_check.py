@@ -202,6 +202,18 @@ def test_the_valid_spec_and_every_builtin_pass(tmp_path, capsys, monkeypatch):
     assert _files(tmp_path) == {str(path)}
 
 
+def test_check_says_when_a_finite_space_holds_fewer_configurations_than_trials(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "spec.yaml"
+    space = {"ds_type": {"choice": ["none", "multi_label"]}, "lr": {"choice": [0.001, 0.01]}}
+    path.write_text(yaml.safe_dump(spec_with(space=space, search={"algorithm": "random", "trials": 10},
+                                             storage={"path": str(tmp_path / "studies")})))
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"{path}: the search space holds 4 distinct configurations and none runs twice: the search ends after 4 "
+        "of its 10 trials")
+
+
 def test_a_store_that_fits_passes(tmp_path, capsys, monkeypatch):
     from tests.platform.test_spec import tiny_store
 
