@@ -47,7 +47,8 @@ class Criterion:
     pairwise_threshold: float
     presence_weight: float
     presence_area: int
-    weak_ds_weight: float
+    weak_ds_weight: float  # global-label images
+    box_ds_weight: float  # box images
     max_pool_global_weight: float
     max_pool_box_weight: float
     box_positive_max_size: int
@@ -131,12 +132,13 @@ class Criterion:
             terms["presence"] = self.presence_weight * weak_losses.presence_loss(
                 main[glob], present[glob], self.presence_area
             )
-        if levels and self.multi_label and self.weak_ds_weight > 0:
-            rows = labelled.nonzero().flatten().tolist()
-            terms["weak_ds"] = self.weak_ds_weight * weak_losses.weak_ds_loss(
-                [lv[labelled] for lv in levels], allowed[labelled], [boxes[i] for i in rows],
-                present[labelled], self.ds_weights, self.presence_area,
-            )
+        if levels and self.multi_label:
+            parts = [weight * weak_losses.weak_ds_loss(
+                         [lv[rows] for lv in levels], allowed[rows], [boxes[i] for i in rows.nonzero().flatten().tolist()],
+                         present[rows], self.ds_weights, self.presence_area)
+                     for rows, weight in ((glob, self.weak_ds_weight), (box, self.box_ds_weight)) if weight > 0 and rows.any()]
+            if parts:
+                terms["weak_ds"] = sum(parts)
         terms |= self._max_pool_terms(levels, batch, box_mask, box, glob)
         return terms
 
@@ -208,6 +210,7 @@ def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: t
         presence_weight=config.presence_weight,
         presence_area=config.presence_area,
         weak_ds_weight=config.weak_ds_weight,
+        box_ds_weight=config.box_ds_weight,
         max_pool_global_weight=config.global_weight,
         max_pool_box_weight=config.box_weight,
         box_positive_max_size=config.box_positive_max_size,

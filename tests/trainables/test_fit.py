@@ -248,3 +248,12 @@ def test_box_fill_auto_reads_each_class_band_off_the_masked_training_images(tmp_
     assert sum(len(v) >= 3 for v in fills.values()) >= 1  # at least one class has its own band here
     assert any(band != (0.5, 0.9) for band in run.criterion.box_fill[1:])
     assert fit_module.build_run(tiny(tmp_path)).criterion.box_fill == ((0.5, 0.9),) * 4
+
+
+def test_the_weak_ds_targets_of_box_and_global_images_have_their_own_weights(tmp_path):
+    both = _terms(tiny(tmp_path, box_ds_weight=1.0, weak_ds_weight=1.0))["weak_ds"]
+    boxes = _terms(tiny(tmp_path, box_ds_weight=1.0, weak_ds_weight=0.0))["weak_ds"]
+    glob = _terms(tiny(tmp_path, box_ds_weight=0.0, weak_ds_weight=1.0))["weak_ds"]
+    assert both == pytest.approx(boxes + glob, rel=1e-6) and boxes > 0 and glob > 0
+    assert _terms(tiny(tmp_path, box_ds_weight=2.0, weak_ds_weight=0.0))["weak_ds"] == pytest.approx(2 * boxes, rel=1e-6)
+    assert "weak_ds" not in _terms(tiny(tmp_path, mix={"full": 0.5, "box": 0.5}))  # the default: boxes without them
