@@ -75,7 +75,8 @@ class TrainConfig(_Strict):
     box_line_sharpness: float = Field(50.0, gt=0)  # r of the smooth max along a box line (10 let whole lines fill: 0.386 vs 0.432, seed 0)
     box_size_weight: float = Field(1.0, ge=0)  # band on the share of a box its class fills
     # [low, high] for every class, or "auto": per class the 5th-95th percentile of the share of its
-    # box each class fills on the run's own masked images (criterion.box_bands)
+    # box each class fills on the run's own masked images (criterion.box_bands; on 5% masks + 95%
+    # boxes +0.002, std 0.029, calibrated val mIoU over 5 paired seeds: not the default)
     box_fill: Union[tuple[float, float], Literal["auto"]] = (0.5, 0.9)
     pairwise_weight: float = Field(1.0, ge=0)  # inside boxes, neighbours of similar intensity share a class (BoxInst)
     pairwise_dilation: int = Field(1, ge=1)  # pixels between the two ends of a pair
@@ -86,8 +87,8 @@ class TrainConfig(_Strict):
     presence_area: int = Field(16, ge=1)  # pixels at full resolution; 1 is the hard max
     # x ds_weights: the exact multi-label targets of the weak labels at the DS levels, for global-label
     # images and for box images. Boxes 0: on 5% masks + 95% boxes they cost 0.019 calibrated val mIoU
-    # (std 0.036, 4 of 5 paired seeds) and doubled the spread; on 95% global labels they paid
-    # (docs/RESULTS.md, annotation-types-box-ablation, -weak-ds)
+    # (std 0.036, 4 of 5 paired seeds) and doubled the spread; on 95% global labels they helped in the
+    # mean (0.024, std 0.084, 4 of 5 seeds) (docs/RESULTS.md, annotation-types-box-ablation, -weak-ds)
     weak_ds_weight: float = Field(1.0, ge=0)
     box_ds_weight: float = Field(0.0, ge=0)
     # The first formulation (max-pooled global term, per-box MIL): weight x sum over levels of
