@@ -20,7 +20,7 @@ from labelmix.trainables import losses, weak_losses
 from labelmix.trainables.batches import Batch, strong_view
 from labelmix.trainables.config import TrainConfig
 from labelmix.trainables.data.annotations import BOX, FULL, GLOBAL, NONE
-from labelmix.trainables.teacher import allowed_classes, constrained_pseudo_labels
+from labelmix.trainables.teacher import allowed_classes, box_fill_pseudo_labels, constrained_pseudo_labels
 
 DsLoss = Callable[[Sequence[Tensor], Tensor, Sequence[float]], Tensor]
 
@@ -54,6 +54,7 @@ class Criterion:
     box_positive_max_size: int
     box_mil_weight: float
     pseudo_threshold: float
+    pseudo_box_fill: bool  # inside boxes the pseudo-label follows the size band (box_fill_pseudo_labels)
     pseudo_ds: bool
     strong_augment: bool
 
@@ -86,6 +87,9 @@ class Criterion:
                     pseudo = constrained_pseudo_labels(
                         self.pseudo_logits(teacher_main), None if allowed is None else allowed[weak], self.pseudo_threshold
                     )
+                    if self.pseudo_box_fill and bool((batch.types[weak] == BOX).any()):
+                        weak_boxes = [b if t == BOX else b[:0] for b, t in zip(batch.boxes, batch.types.tolist()) if t != FULL]
+                        pseudo = box_fill_pseudo_labels(pseudo, teacher_main, weak_boxes, self.box_fill)
                 terms["pseudo"] = pseudo_weight * (
                     losses.cross_entropy(main[weak], pseudo, self.pseudo_class_weights)
                     + (self.ds([lv[weak] for lv in levels], pseudo, self.ds_weights) if self.pseudo_ds else 0.0)
@@ -216,6 +220,7 @@ def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: t
         box_positive_max_size=config.box_positive_max_size,
         box_mil_weight=config.box_mil_weight,
         pseudo_threshold=config.pseudo_threshold,
+        pseudo_box_fill=config.pseudo_box_fill,
         pseudo_ds=config.pseudo_ds,
         strong_augment=config.strong_augment,
     )

@@ -71,6 +71,44 @@ def constrained_pseudo_labels(teacher_logits: Tensor, allowed: Tensor | None, th
     return label
 
 
+def box_fill_pseudo_labels(pseudo: Tensor, teacher_logits: Tensor, boxes, bands) -> Tensor:
+    """``pseudo`` (B x H x W) with each box's pixels relabelled by the size band of its class.
+
+    ``boxes``: per image K x 5 [class, y0, x0, y1, x1] (half-open; empty for images without boxes);
+    ``bands``: per class (low, high), the share of its box a class fills. Inside a class-c box of
+    n pixels, ranked by the teacher's margin logit_c - logit_background: the first round(low x n)
+    are c, those from round(high x n) on are background, those between are IGNORE, so a teacher
+    whose logits lean to one class (any per-class offset) fills each box no more and no less than
+    the band says. Where boxes overlap, a pixel in the top share of any box takes its class (of
+    two, the later box's); else one between in any box is ignored; else it is background. Pixels
+    outside all boxes keep their label.
+    """
+    out = pseudo.clone()
+    logits = teacher_logits.float()
+    h, w = pseudo.shape[-2:]
+    for i, image_boxes in enumerate(boxes):
+        if len(image_boxes) == 0:
+            continue
+        top = torch.full((h, w), -1, dtype=torch.int64, device=pseudo.device)
+        middle = torch.zeros((h, w), dtype=torch.bool, device=pseudo.device)
+        covered = torch.zeros((h, w), dtype=torch.bool, device=pseudo.device)
+        for c, y0, x0, y1, x1 in image_boxes.tolist():
+            margin = (logits[i, c, y0:y1, x0:x1] - logits[i, 0, y0:y1, x0:x1]).flatten()
+            n = margin.numel()
+            rank = torch.empty(n, dtype=torch.int64, device=pseudo.device)
+            rank[margin.argsort(descending=True, stable=True)] = torch.arange(n, device=pseudo.device)
+            rank = rank.view(y1 - y0, x1 - x0)
+            low, high = bands[c]
+            k_low, k_high = round(low * n), round(high * n)
+            top[y0:y1, x0:x1] = torch.where(rank < k_low, c, top[y0:y1, x0:x1])
+            middle[y0:y1, x0:x1] |= (rank >= k_low) & (rank < k_high)
+            covered[y0:y1, x0:x1] = True
+        label = torch.where(covered, 0, out[i])
+        label = torch.where(middle, IGNORE, label)
+        out[i] = torch.where(top >= 0, top, label)
+    return out
+
+
 def rampup(step: int, rampup_steps: int) -> float:
     """Sigmoid ramp exp(-5 (1 - t)^2) with t = clip(step / rampup_steps, 0, 1); 1 if no ramp."""
     if rampup_steps < 0:

@@ -115,6 +115,19 @@ def test_pseudo_debias_reads_the_teacher_logits_minus_log_class_weight(debias):
     assert terms["pseudo"].item() == pytest.approx(expected)
 
 
+def test_pseudo_box_fill_labels_each_box_by_its_size_band():
+    """Teacher [0, 0.5, 0, 0] everywhere: plainly class 1 fills the box's 16 pixels. With pseudo_box_fill
+    and the band (0.5, 0.9), equal margins rank in raster order: 8 pixels are class 1, round(14.4) = 14
+    on are background (2), the 6 between ignored; the unlabeled image (no boxes) keeps class 1 on all
+    256. Student [1, 0, 0, 0]: CE log(e + 3) - 1 on background, log(e + 3) on class 1, averaged over
+    the 506 labelled pixels."""
+    student, teacher = Constant([1.0, 0.0, 0.0, 0.0]), Constant([0.0, 0.5, 0.0, 0.0])
+    config = load_config({"ds_depth": 0, "pseudo_box_fill": True})
+    terms = build_criterion(config, 4, 0, torch.device("cpu")).terms(student, teacher, _batch(), pseudo_weight=1.0)
+    background, fluid = math.log(math.e + 3) - 1, math.log(math.e + 3)
+    assert terms["pseudo"].item() == pytest.approx((264 * fluid + 242 * background) / 506)
+
+
 def test_pseudo_debias_needs_a_positive_foreground_weight():
     with pytest.raises(UserError, match="pseudo_debias subtracts log"):
         load_config({"pseudo_debias": True, "foreground_weight": 0})

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from labelmix.errors import UserError
-from labelmix.trainables.losses import box_masks
+from labelmix.trainables.losses import IGNORE, box_masks
 from labelmix.trainables.teacher import (
     allowed_classes,
+    box_fill_pseudo_labels,
     constrained_pseudo_labels,
     make_teacher,
     rampup,
@@ -110,6 +111,41 @@ def test_threshold_marks_low_confidence_pixels():
     allowed[0, 1, 0, 2] = False
     assert constrained_pseudo_labels(logits, allowed).tolist() == [[[1, 0, 0]]]
     assert constrained_pseudo_labels(logits, allowed, threshold=0.6).tolist() == [[[1, 255, 255]]]
+
+
+def _row(*margins_by_class):
+    """1 x C x 1 x W teacher logits: background 0, class c's row of margins."""
+    return torch.tensor([[0.0] * len(margins_by_class[0]), *margins_by_class]).reshape(1, len(margins_by_class) + 1, 1, -1)
+
+
+def test_box_fill_ranks_a_box_by_the_teacher_margin():
+    # one class-1 box over the first 4 of 6 pixels, margins 3, 1, 2, -1 (ranks 0, 2, 1, 3); band
+    # (0.25, 0.75): round(1) = 1 pixel is class 1, round(3) = 3 from rank 3 on background, ranks 1-2 ignored
+    logits = _row([3.0, 1.0, 2.0, -1.0, 5.0, 5.0])
+    pseudo = torch.tensor([[[1, 1, 1, 1, 1, 0]]])
+    boxes = [torch.tensor([[1, 0, 0, 1, 4]])]
+    bands = ((0.0, 1.0), (0.25, 0.75))
+    expected = [[[1, IGNORE, IGNORE, 0, 1, 0]]]  # outside the box: the labels as given
+    assert box_fill_pseudo_labels(pseudo, logits, boxes, bands).tolist() == expected
+    # a per-class offset of the teacher's logits does not move the ranks
+    assert box_fill_pseudo_labels(pseudo, logits + torch.tensor([0.0, 7.0]).view(1, 2, 1, 1), boxes, bands).tolist() == expected
+    assert pseudo.tolist() == [[[1, 1, 1, 1, 1, 0]]]  # the input is left as it was
+
+
+def test_box_fill_overlapping_boxes_and_images_without_boxes():
+    # box A, class 1, pixels 0-2, margins 2, 1, 0; box B, class 2, pixels 1-3, margins 0, 3, 1; band
+    # (1/3, 2/3) for both: one pixel of each box is its class, one ignored, one background.
+    # A: 0 -> 1, 1 -> ignored, 2 -> background; B: 1 -> background, 2 -> 2, 3 -> ignored.
+    # A top share wins over the other box's background, a share between over a background.
+    logits = torch.cat([_row([2.0, 1.0, 0.0, 0.0], [0.0, 0.0, 3.0, 1.0])] * 2)
+    pseudo = torch.tensor([[[3, 3, 3, 3]], [[3, 3, 3, 3]]])
+    boxes = [torch.tensor([[1, 0, 0, 1, 3], [2, 0, 1, 1, 4]]), torch.zeros(0, 5, dtype=torch.int64)]
+    third = (1 / 3, 2 / 3)
+    out = box_fill_pseudo_labels(pseudo, logits, boxes, ((0.0, 1.0), third, third))
+    assert out.tolist() == [[[1, IGNORE, 2, IGNORE]], [[3, 3, 3, 3]]]
+    # two boxes whose top shares meet on a pixel: the later box's class
+    same = [torch.tensor([[1, 0, 0, 1, 1], [2, 0, 0, 1, 1]])]
+    assert box_fill_pseudo_labels(pseudo[:1], logits[:1], same, ((0.0, 1.0), (1.0, 1.0), (1.0, 1.0))).tolist() == [[[2, 3, 3, 3]]]
 
 
 def test_rampup():
