@@ -8,6 +8,7 @@ pixel labels into a loss.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -74,19 +75,35 @@ def to_tensors(store: ImageStore) -> TensorSet:
 def batch_indices(types: np.ndarray, batch_size: int, steps: int, full_per_batch: int, rng: np.random.Generator) -> np.ndarray:
     """steps x batch_size image indices for one epoch.
 
-    When fully labelled images exist and ``full_per_batch`` > 0, every batch holds at least
-    that many of them (drawn from their own cycling permutation), the rest from the others.
+    When fully labelled images exist and ``full_per_batch`` > 0, every batch holds the same number
+    of them (drawn from their own cycling permutation), the rest from the others: ``full_per_batch``,
+    or their share of the batch (rounded half up) where that is more, leaving one slot for the others
+    (full_masks_per_batch). A 5% mix so gets its masks into every batch, and a 50% mix keeps half
+    of each batch masked as a plain shuffle would.
     """
     n = len(types)
     full = np.flatnonzero(types == FULL)
     rest = np.flatnonzero(types != FULL)
-    k = min(full_per_batch, batch_size) if len(full) and len(rest) else 0
+    k = full_masks_per_batch(len(full), n, batch_size, full_per_batch) if len(full) and len(rest) else 0
     if k == 0:
         return _cycled(np.arange(n), steps * batch_size, rng).reshape(steps, batch_size)
     from_full = _cycled(full, steps * k, rng).reshape(steps, k)
     from_rest = _cycled(rest, steps * (batch_size - k), rng).reshape(steps, batch_size - k)
     batches = np.concatenate([from_full, from_rest], axis=1)  # steps x batch_size
     return rng.permuted(batches, axis=1)
+
+
+def full_masks_per_batch(full: int, total: int, batch_size: int, full_per_batch: int) -> int:
+    """Masked images in each batch when ``full`` of ``total`` images are masked and some are not.
+
+    0 when ``full_per_batch`` is 0 (no guarantee: a plain shuffle); ``batch_size`` when
+    ``full_per_batch`` >= ``batch_size``; else the larger of ``full_per_batch`` and the masks' share
+    of the batch rounded half up, at most ``batch_size`` - 1.
+    """
+    if full_per_batch == 0 or full_per_batch >= batch_size:
+        return min(full_per_batch, batch_size)
+    share = min(math.floor(batch_size * full / total + 0.5), batch_size - 1)
+    return max(full_per_batch, share)
 
 
 def _cycled(pool: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:

@@ -132,7 +132,9 @@ class TrainConfig(_Strict):
     epochs: int = Field(20, ge=1)
     steps_per_epoch: Optional[int] = Field(None, ge=1)  # None: one pass over the training images
     batch_size: int = Field(8, ge=1)  # 8: on CPU more, smaller steps learned faster per minute than 16
-    full_per_batch: int = Field(2, ge=0)  # fully labelled images guaranteed in every batch when any exist
+    # masked images in every batch when some are and some are not: at least full_per_batch, or their
+    # share of the batch where that is more (batches.full_masks_per_batch); 0: a plain shuffle
+    full_per_batch: int = Field(2, ge=0)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"

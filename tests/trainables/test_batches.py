@@ -15,6 +15,7 @@ from labelmix.trainables.batches import (
     _boxes_back,
     _cycled,
     batch_indices,
+    full_masks_per_batch,
     gaussian_blur,
     make_batch,
     strong_view,
@@ -51,6 +52,26 @@ def test_a_five_percent_mix_gets_its_masks_into_every_batch():
     # without the guarantee most batches of 8 would hold none: (38 choose 8) / (40 choose 8) = 0.638
     plain = batch_indices(types, batch_size=8, steps=50, full_per_batch=0, rng=np.random.default_rng(1))
     assert (full_counts(plain, types) == 0).sum() > 20
+
+
+def test_a_half_masked_mix_keeps_half_of_every_batch_masked():
+    types = np.array([FULL] * 20 + [BOX] * 20)
+    plan = batch_indices(types, batch_size=8, steps=10, full_per_batch=2, rng=np.random.default_rng(4))
+    assert list(full_counts(plan, types)) == [4] * 10  # the masks' share, 4 of 8, not the 2 guaranteed
+
+
+@pytest.mark.parametrize("full, total, batch_size, full_per_batch, expected", [
+    (2, 40, 8, 2, 2),  # 5%: 0.4 of a batch, the guarantee's 2
+    (8, 40, 8, 2, 2),  # 20%: 1.6 -> 2
+    (20, 40, 8, 2, 4),  # 50%: 4
+    (56, 100, 8, 2, 4),  # 56%: 4.48 -> 4
+    (5, 16, 8, 2, 3),  # 31.25%: 2.5 rounds half up to 3
+    (39, 40, 8, 2, 7),  # 97.5%: 7.8, one slot kept for the other images
+    (20, 40, 8, 0, 0),  # no guarantee: a plain shuffle
+    (20, 40, 8, 9, 8),  # a guarantee past the batch: all masked
+])
+def test_full_masks_per_batch(full, total, batch_size, full_per_batch, expected):
+    assert full_masks_per_batch(full, total, batch_size, full_per_batch) == expected
 
 
 def test_the_full_images_are_shuffled_into_every_position_of_the_batch():
