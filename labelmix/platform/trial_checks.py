@@ -15,8 +15,9 @@ from labelmix.errors import UserError
 from labelmix.platform.assembly import assemble_config, base_config
 from labelmix.platform.axes import SECTION_FIELDS
 from labelmix.platform.sections import MAX_EPOCHS
-from labelmix.trainables.config import TrainConfig, load_config
+from labelmix.trainables.config import TrainConfig, class_weights_by_name, load_config
 from labelmix.trainables.data.annotations import ANNOTATION_TYPES
+from labelmix.trainables.data.synth import SYNTH_CLASSES
 
 if TYPE_CHECKING:
     from labelmix.platform.spec import StudySpec
@@ -132,6 +133,8 @@ def _load_trial(config: Mapping[str, Any], prefix: str, fields) -> TrainConfig:
         refuse_non_finite(values[name], f"{prefix}.{name}")
     if "epochs" in fields and trial.epochs > MAX_EPOCHS:
         raise UserError(f"{prefix}.epochs: {trial.epochs} is more than the limit of {MAX_EPOCHS} epochs")
+    if trial.dataset.synthetic is not None:  # a store's class names are read when its trials start
+        class_weights_by_name(trial.tightness_class_weights, SYNTH_CLASSES, f"{prefix}.tightness_class_weights")
     return trial
 
 

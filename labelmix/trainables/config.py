@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal, Mapping, Optional, Union, get_args
+from typing import Any, Literal, Mapping, Optional, Sequence, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from labelmix.errors import validated
+from labelmix.errors import UserError, validated
 from labelmix.trainables.data.annotations import AnnotationMix, CostModel
 from labelmix.trainables.data.synth import SynthSettings
 
@@ -72,6 +72,10 @@ class TrainConfig(_Strict):
     # val mIoU 0.432 at 1, 0.473 at 3, 0.424 at 10 (docs/RESULTS.md)
     negative_weight: float = Field(3.0, ge=0)
     tightness_weight: float = Field(1.0, ge=0)  # every row and column of a box holds its class
+    # x tightness_weight for the boxes of the named classes ({IRF: 0.3}); classes not named keep 1.
+    # Small, clustered objects and large ones may want different pulls: at tightness_weight 0.3 for
+    # every class IRF rose and SRF was lost (docs/RESULTS.md, annotation-types-tightness)
+    tightness_class_weights: dict[str, float] = Field(default_factory=dict)
     box_line_sharpness: float = Field(50.0, gt=0)  # r of the smooth max along a box line (10 let whole lines fill: 0.386 vs 0.432, seed 0)
     box_size_weight: float = Field(1.0, ge=0)  # band on the share of a box its class fills
     # [low, high] for every class, or "auto": per class the 5th-95th percentile of the share of its
@@ -176,6 +180,14 @@ class TrainConfig(_Strict):
             raise ValueError("must be [low, high] with 0 <= low <= high <= 1, or auto")
         return v
 
+    @field_validator("tightness_class_weights")
+    @classmethod
+    def _class_weights(cls, v):
+        bad = {name: w for name, w in v.items() if not (w >= 0 and w != float("inf"))}
+        if bad:
+            raise ValueError(f"weights must be finite numbers >= 0, got {bad}")
+        return v
+
     @field_validator("ds_level_weights", "decoder_channels")
     @classmethod
     def _positive_entries(cls, v):
@@ -194,6 +206,18 @@ class TrainConfig(_Strict):
     def digest(self) -> str:
         """Short hash of the whole config (checkpoint compatibility, cache keys)."""
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def class_weights_by_name(weights: Mapping[str, float], class_names: Sequence[str], field: str) -> tuple[float, ...] | None:
+    """Per class index: the weight given to its name, 1 for the others; None when none is given.
+    A name that is not a foreground class of the dataset is a UserError naming the classes."""
+    if not weights:
+        return None
+    foreground = list(class_names[1:])
+    unknown = sorted(set(weights) - set(foreground))
+    if unknown:
+        raise UserError(f"{field}: {unknown} are not foreground classes of the dataset; its classes with boxes: {foreground}")
+    return tuple(1.0 if i == 0 else float(weights.get(name, 1.0)) for i, name in enumerate(class_names))
 
 
 def load_config(data: Mapping[str, Any] | None, prefix: str = "", source: str = "") -> TrainConfig:

@@ -18,7 +18,7 @@ from torch import Tensor
 from labelmix.errors import UserError
 from labelmix.trainables import losses, weak_losses
 from labelmix.trainables.batches import Batch, strong_view
-from labelmix.trainables.config import TrainConfig
+from labelmix.trainables.config import TrainConfig, class_weights_by_name
 from labelmix.trainables.data.annotations import BOX, FULL, GLOBAL, NONE
 from labelmix.trainables.teacher import allowed_classes, box_fill_pseudo_labels, constrained_pseudo_labels
 
@@ -39,6 +39,7 @@ class Criterion:
     pseudo_offset: Tensor | None  # C: log(class weight), subtracted from the teacher's logits before pseudo-labelling (logit_adjust or pseudo_debias)
     negative_weight: float
     tightness_weight: float
+    tightness_class_weights: tuple[float, ...] | None  # per class, x tightness_weight; None: 1 for all
     box_size_weight: float
     box_fill: tuple[tuple[float, float], ...]  # per class: the size band's (low, high)
     box_line_sharpness: float
@@ -122,7 +123,7 @@ class Criterion:
         if box.any() and (self.tightness_weight > 0 or self.box_size_weight > 0):
             rows = box.nonzero().flatten().tolist()
             tight, size = weak_losses.box_prior_losses(
-                main[box], [boxes[i] for i in rows], self.box_line_sharpness, self.box_fill
+                main[box], [boxes[i] for i in rows], self.box_line_sharpness, self.box_fill, self.tightness_class_weights
             )
             terms["tightness"] = self.tightness_weight * tight
             terms["box_size"] = self.box_size_weight * size
@@ -184,9 +185,11 @@ def box_bands(box_fill, fills: Mapping[int, np.ndarray], num_classes: int) -> tu
 
 
 def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: torch.device,
-                    masked_fills: Mapping[int, np.ndarray] | None = None) -> Criterion:
+                    masked_fills: Mapping[int, np.ndarray] | None = None,
+                    class_names: Sequence[str] | None = None) -> Criterion:
     """The run's loss: every choice of the config resolved once. ``masked_fills``: the box fills of
-    the masked training images (``annotations.box_fills``), read by ``box_fill: auto``."""
+    the masked training images (``annotations.box_fills``), read by ``box_fill: auto``;
+    ``class_names``: the dataset's (index = class), read by the per-class weights."""
     level_weights = tuple(config.ds_level_weights or (1.0,) * depth)
     if len(level_weights) != depth:
         raise UserError(f"ds_level_weights: {len(level_weights)} weights for {depth} supervised levels")
@@ -205,6 +208,8 @@ def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: t
         pseudo_offset=log_weights if adjust or config.pseudo_debias else None,  # logit_adjust's pseudo-labels read adjusted logits too
         negative_weight=config.negative_weight,
         tightness_weight=config.tightness_weight,
+        tightness_class_weights=class_weights_by_name(
+            config.tightness_class_weights, class_names or [str(i) for i in range(num_classes)], "tightness_class_weights"),
         box_size_weight=config.box_size_weight,
         box_fill=box_bands(config.box_fill, masked_fills or {}, num_classes),
         box_line_sharpness=config.box_line_sharpness,

@@ -108,7 +108,8 @@ def build_run(config: TrainConfig) -> Run:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # shapes are fixed within a run
     criterion = build_criterion(config, store.num_classes, student.ds_depth, device,
-                                masked_fills=masked_box_fills(train_store, types) if config.box_fill == "auto" else None)
+                                masked_fills=masked_box_fills(train_store, types) if config.box_fill == "auto" else None,
+                                class_names=store.class_names)
     steps = config.steps_per_epoch or max(1, len(train_store) // config.batch_size)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return Run(

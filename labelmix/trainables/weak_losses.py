@@ -34,32 +34,41 @@ def negative_loss(logits: Tensor, allowed: Tensor) -> Tensor:
 
 
 def box_prior_losses(logits: Tensor, boxes: Boxes, sharpness: float,
-                     fill: Sequence[tuple[float, float]]) -> tuple[Tensor, Tensor]:
+                     fill: Sequence[tuple[float, float]],
+                     line_weights: Sequence[float] | None = None) -> tuple[Tensor, Tensor]:
     """(tightness, size) for the class-c boxes of each image, on the main head.
 
     Tightness (Hsu et al. 2019): every row and every column of a tight class-c box holds class c
     somewhere. Per line, the smooth maximum s = logsumexp(r * log p_c) / r over the line's pixels
     (r = ``sharpness``; s >= max log p_c); the loss is relu(-s), so a line is satisfied once its
-    best pixels are confidently c. Mean over all lines of all boxes.
+    best pixels are confidently c. Mean over all lines of all boxes, each line's loss times
+    ``line_weights[c]`` of its box's class (None: 1 for every class), so a class at weight 1 pulls
+    as it would alone and one at 0 not at all.
     Size (Kervadec et al. 2020): the mean probability of c inside the box, f, should lie in
     ``fill[c]`` = (low, high), the band of class c; loss relu(low - f)^2 + relu(f - high)^2, mean
     over boxes.
     Both are 0 (and differentiable) without boxes.
     """
     logp = logits.float().log_softmax(1)  # B x C x H x W
-    lines, fills, lows, highs = [], [], [], []
+    lines, classes, lines_per_box, fills, lows, highs = [], [], [], [], [], []
     for i, image_boxes in enumerate(boxes):
         for c, y0, x0, y1, x1 in image_boxes.tolist():
             patch = logp[i, c, y0:y1, x0:x1]  # h x w
             lines.append(torch.logsumexp(sharpness * patch, dim=1) / sharpness)  # one per row
             lines.append(torch.logsumexp(sharpness * patch, dim=0) / sharpness)  # one per column
+            classes.append(c)
+            lines_per_box.append(patch.shape[0] + patch.shape[1])  # its rows and columns
             fills.append(patch.exp().mean())
             lows.append(fill[c][0])
             highs.append(fill[c][1])
     if not fills:
         zero = logits.sum() * 0.0
         return zero, zero
-    tightness = F.relu(-torch.cat(lines)).mean()
+    line_losses = F.relu(-torch.cat(lines))
+    if line_weights is not None:  # each box's rows and columns take its class's weight
+        per_box = torch.tensor([float(line_weights[c]) for c in classes], device=line_losses.device)
+        line_losses = line_losses * per_box.repeat_interleave(torch.tensor(lines_per_box, device=line_losses.device))
+    tightness = line_losses.mean()
     f = torch.stack(fills)
     low, high = f.new_tensor(lows), f.new_tensor(highs)
     size = (F.relu(low - f) ** 2 + F.relu(f - high) ** 2).mean()

@@ -50,6 +50,11 @@ CASES = [
      "search.concurrency: 9 is more than search.trials 8; at most 8 trials can run at once"),
     ("level-weights-vs-depth", dict(space__ds_depth=DELETE, fixed__ds_depth=3, fixed__ds_level_weights=[1, 1]),
      "fixed.ds_level_weights: 2 weights for 3 supervised levels (encoder 'resnet18', ds_depth 3)"),
+    ("tightness-class-not-in-the-dataset", dict(fixed__tightness_class_weights={"CNV": 0.5}),
+     "fixed.tightness_class_weights: ['CNV'] are not foreground classes of the dataset; its classes with boxes: "
+     "['IRF', 'SRF', 'PED']"),
+    ("tightness-class-in-a-case", dict(space__cases={"choice": [{"name": "a", "tightness_class_weights": {"irf": 0.3}}]}),
+     "space.cases.choice.0.tightness_class_weights: ['irf'] are not foreground classes of the dataset"),
     # encoders and their levels
     ("unknown-encoder", dict(fixed__encoder="resnet9000"),
      "fixed.encoder: unknown encoder 'resnet9000'; use unet or a timm model name (timm.list_models()); did you "

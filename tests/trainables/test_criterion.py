@@ -136,3 +136,23 @@ def test_pseudo_debias_needs_a_positive_foreground_weight():
 def test_logit_adjust_needs_a_positive_foreground_weight():
     with pytest.raises(UserError, match="foreground_weight must be > 0"):
         load_config({"class_balance": "logit_adjust", "foreground_weight": 0})
+
+
+def test_tightness_class_weights_are_read_by_class_name():
+    names = ("background", "IRF", "SRF", "PED")
+    config = load_config({"ds_depth": 0, "tightness_class_weights": {"IRF": 0.3, "PED": 0.0}})
+    criterion = build_criterion(config, 4, 0, torch.device("cpu"), class_names=names)
+    assert criterion.tightness_class_weights == (1.0, 0.3, 1.0, 0.0)  # SRF not named: 1
+    assert build_criterion(load_config({"ds_depth": 0}), 4, 0, torch.device("cpu"), class_names=names).tightness_class_weights is None
+
+
+def test_tightness_class_weights_refuse_a_class_the_dataset_lacks():
+    config = load_config({"ds_depth": 0, "tightness_class_weights": {"CNV": 0.5, "background": 1.0}})
+    with pytest.raises(UserError, match=r"tightness_class_weights: \['CNV', 'background'\] are not foreground classes .*\['IRF', 'SRF', 'PED'\]"):
+        build_criterion(config, 4, 0, torch.device("cpu"), class_names=("background", "IRF", "SRF", "PED"))
+
+
+@pytest.mark.parametrize("weight", [-0.5, float("inf"), float("nan")])
+def test_tightness_class_weights_must_be_finite_and_not_negative(weight):
+    with pytest.raises(UserError, match="tightness_class_weights"):
+        load_config({"tightness_class_weights": {"IRF": weight}})

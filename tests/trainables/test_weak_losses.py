@@ -59,6 +59,25 @@ def test_box_tightness_sees_only_the_box_lines():
     assert tight.item() == pytest.approx(20.0 / 3, rel=1e-4)
 
 
+def test_tightness_weighs_each_box_lines_by_its_class():
+    logits = torch.zeros(1, 3, 3, 3)
+    logits[0, 0] = 20.0  # background certain everywhere: log p_1 = log p_2 = -20 - log(1 + 2 e^-20)
+    boxes = [torch.tensor([[1, 0, 0, 1, 2], [2, 1, 0, 3, 3]])]  # class 1: a 1 x 2 box; class 2: a 2 x 3 box
+    log_p = -20.0 - math.log1p(2 * math.exp(-20.0))
+
+    def line(n, r=50.0):  # relu(-s) of a line of n equal pixels: s = log p + log(n) / r
+        return -(log_p + math.log(n) / r)
+
+    class_1 = [line(2), line(1), line(1)]  # its row (2 pixels) and its 2 columns (1 pixel)
+    class_2 = [line(3), line(3), line(2), line(2), line(2)]  # 2 rows of 3, 3 columns of 2
+    plain, _ = W.box_prior_losses(logits, boxes, sharpness=50.0, fill=[(0.0, 1.0)] * 3)
+    assert plain.item() == pytest.approx((sum(class_1) + sum(class_2)) / 8, rel=1e-5)
+    weighted, _ = W.box_prior_losses(logits, boxes, sharpness=50.0, fill=[(0.0, 1.0)] * 3, line_weights=[1.0, 0.5, 1.0])
+    assert weighted.item() == pytest.approx((0.5 * sum(class_1) + sum(class_2)) / 8, rel=1e-5)  # still / 8 lines
+    none, _ = W.box_prior_losses(logits, boxes, sharpness=50.0, fill=[(0.0, 1.0)] * 3, line_weights=[1.0, 0.0, 0.0])
+    assert none.item() == 0.0
+
+
 def test_no_boxes_give_zero_priors_with_a_gradient_path():
     logits = torch.zeros(1, 2, 2, 2, requires_grad=True)
     tight, size = W.box_prior_losses(logits, [torch.zeros(0, 5, dtype=torch.long)], 10.0, [(0.5, 0.9)] * 2)
