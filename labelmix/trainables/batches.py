@@ -72,19 +72,19 @@ def to_tensors(store: ImageStore) -> TensorSet:
     )
 
 
-def batch_indices(types: np.ndarray, batch_size: int, steps: int, full_per_batch: int, rng: np.random.Generator) -> np.ndarray:
+def batch_indices(types: np.ndarray, batch_size: int, steps: int, full_per_batch: int, rng: np.random.Generator,
+                  share: bool = False) -> np.ndarray:
     """steps x batch_size image indices for one epoch.
 
     When fully labelled images exist and ``full_per_batch`` > 0, every batch holds the same number
     of them (drawn from their own cycling permutation), the rest from the others: ``full_per_batch``,
-    or their share of the batch (rounded half up) where that is more, leaving one slot for the others
-    (full_masks_per_batch). A 5% mix so gets its masks into every batch, and a 50% mix keeps half
-    of each batch masked as a plain shuffle would.
+    or with ``share`` their share of the batch (rounded half up) where that is more, leaving one slot
+    for the others (full_masks_per_batch). A 5% mix so gets its masks into every batch.
     """
     n = len(types)
     full = np.flatnonzero(types == FULL)
     rest = np.flatnonzero(types != FULL)
-    k = full_masks_per_batch(len(full), n, batch_size, full_per_batch) if len(full) and len(rest) else 0
+    k = full_masks_per_batch(len(full), n, batch_size, full_per_batch, share) if len(full) and len(rest) else 0
     if k == 0:
         return _cycled(np.arange(n), steps * batch_size, rng).reshape(steps, batch_size)
     from_full = _cycled(full, steps * k, rng).reshape(steps, k)
@@ -93,17 +93,19 @@ def batch_indices(types: np.ndarray, batch_size: int, steps: int, full_per_batch
     return rng.permuted(batches, axis=1)
 
 
-def full_masks_per_batch(full: int, total: int, batch_size: int, full_per_batch: int) -> int:
+def full_masks_per_batch(full: int, total: int, batch_size: int, full_per_batch: int, share: bool = False) -> int:
     """Masked images in each batch when ``full`` of ``total`` images are masked and some are not.
 
     0 when ``full_per_batch`` is 0 (no guarantee: a plain shuffle); ``batch_size`` when
-    ``full_per_batch`` >= ``batch_size``; else the larger of ``full_per_batch`` and the masks' share
-    of the batch rounded half up, at most ``batch_size`` - 1.
+    ``full_per_batch`` >= ``batch_size``; else ``full_per_batch``, or with ``share`` the larger of
+    it and the masks' share of the batch rounded half up, at most ``batch_size`` - 1.
     """
     if full_per_batch == 0 or full_per_batch >= batch_size:
         return min(full_per_batch, batch_size)
-    share = min(math.floor(batch_size * full / total + 0.5), batch_size - 1)
-    return max(full_per_batch, share)
+    if not share:
+        return full_per_batch
+    masks_share = min(math.floor(batch_size * full / total + 0.5), batch_size - 1)
+    return max(full_per_batch, masks_share)
 
 
 def _cycled(pool: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:

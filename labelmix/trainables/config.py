@@ -138,11 +138,17 @@ class TrainConfig(_Strict):
     epochs: int = Field(20, ge=1)
     steps_per_epoch: Optional[int] = Field(None, ge=1)  # None: one pass over the training images
     batch_size: int = Field(8, ge=1)  # 8: on CPU more, smaller steps learned faster per minute than 16
-    # masked images in every batch when some are and some are not: at least full_per_batch, or their
-    # share of the batch where that is more (batches.full_masks_per_batch); 0: a plain shuffle.
-    # 4 on 5% masks + 95% boxes: -0.076 (std 0.062) calibrated val mIoU, 0 of 5 paired seeds higher
-    # (each of the 43 masked images seen twice as often; docs/RESULTS.md, annotation-types-masks-per-batch)
+    # masked images in every batch when some are and some are not (batches.full_masks_per_batch); 0: a
+    # plain shuffle. On 5% masks + 95% boxes 1 and 2 gave the same (+0.005, std 0.009, calibrated val
+    # mIoU over 5 paired seeds), 4 cost 0.076 (std 0.062, 0 of 5 higher): the 43 masked images over-fit
+    # (docs/RESULTS.md, annotation-types-masks-per-batch, -one-mask-per-batch)
     full_per_batch: int = Field(2, ge=0)
+    # "fixed": full_per_batch masked images in every batch, whatever the mix; "share": at least that,
+    # or the masks' share of the batch (rounded half up, one slot left for the others) where it is
+    # more. Fixed: on 50% masks + 50% boxes the share (4 of 8) cost 0.056 (std 0.021) calibrated val
+    # mIoU, 0 of 5 paired seeds higher; only a mix whose other images carry no loss gains from it
+    # (50% masks alone +0.130; docs/RESULTS.md, annotation-types-headline-share)
+    full_per_batch_rule: Literal["fixed", "share"] = "fixed"
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"

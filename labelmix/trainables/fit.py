@@ -154,7 +154,8 @@ def train_epoch(run: Run, epoch: int, total_steps: int) -> dict[str, float]:
     config = run.config
     run.student.train()
     sums: dict[str, float] = {}
-    plan = batch_indices(run.types.numpy(), config.batch_size, run.steps_per_epoch, config.full_per_batch, run.rng)
+    plan = batch_indices(run.types.numpy(), config.batch_size, run.steps_per_epoch, config.full_per_batch, run.rng,
+                         share=config.full_per_batch_rule == "share")
     for i, index in enumerate(plan):
         step = epoch * run.steps_per_epoch + i
         batch = make_batch(run.train, run.types, index, run.augmenter).to(run.device)

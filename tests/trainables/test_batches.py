@@ -54,10 +54,16 @@ def test_a_five_percent_mix_gets_its_masks_into_every_batch():
     assert (full_counts(plain, types) == 0).sum() > 20
 
 
-def test_a_half_masked_mix_keeps_half_of_every_batch_masked():
+def test_a_half_masked_mix_keeps_half_of_every_batch_masked_by_the_share_rule():
+    types = np.array([FULL] * 20 + [BOX] * 20)
+    plan = batch_indices(types, batch_size=8, steps=10, full_per_batch=2, rng=np.random.default_rng(4), share=True)
+    assert list(full_counts(plan, types)) == [4] * 10  # the masks' share, 4 of 8, not the 2 guaranteed
+
+
+def test_a_half_masked_mix_gets_full_per_batch_by_the_fixed_rule():
     types = np.array([FULL] * 20 + [BOX] * 20)
     plan = batch_indices(types, batch_size=8, steps=10, full_per_batch=2, rng=np.random.default_rng(4))
-    assert list(full_counts(plan, types)) == [4] * 10  # the masks' share, 4 of 8, not the 2 guaranteed
+    assert list(full_counts(plan, types)) == [2] * 10
 
 
 @pytest.mark.parametrize("full, total, batch_size, full_per_batch, expected", [
@@ -70,7 +76,18 @@ def test_a_half_masked_mix_keeps_half_of_every_batch_masked():
     (20, 40, 8, 0, 0),  # no guarantee: a plain shuffle
     (20, 40, 8, 9, 8),  # a guarantee past the batch: all masked
 ])
-def test_full_masks_per_batch(full, total, batch_size, full_per_batch, expected):
+def test_full_masks_per_batch_by_the_share_rule(full, total, batch_size, full_per_batch, expected):
+    assert full_masks_per_batch(full, total, batch_size, full_per_batch, share=True) == expected
+
+
+@pytest.mark.parametrize("full, total, batch_size, full_per_batch, expected", [
+    (2, 40, 8, 2, 2),  # 5%
+    (20, 40, 8, 2, 2),  # 50%: still 2, the share is not taken
+    (39, 40, 8, 1, 1),  # 97.5%: 1
+    (20, 40, 8, 0, 0),  # no guarantee: a plain shuffle
+    (20, 40, 8, 9, 8),  # a guarantee past the batch: all masked
+])
+def test_full_masks_per_batch_by_the_fixed_rule(full, total, batch_size, full_per_batch, expected):
     assert full_masks_per_batch(full, total, batch_size, full_per_batch) == expected
 
 

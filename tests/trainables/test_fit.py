@@ -257,3 +257,21 @@ def test_the_weak_ds_targets_of_box_and_global_images_have_their_own_weights(tmp
     assert both == pytest.approx(boxes + glob, rel=1e-6) and boxes > 0 and glob > 0
     assert _terms(tiny(tmp_path, box_ds_weight=2.0, weak_ds_weight=0.0))["weak_ds"] == pytest.approx(2 * boxes, rel=1e-6)
     assert "weak_ds" not in _terms(tiny(tmp_path, mix={"full": 0.5, "box": 0.5}))  # the default: boxes without them
+
+
+@pytest.mark.parametrize("rule, expected", [("fixed", 1), ("share", 2)])
+def test_the_batch_rule_sets_the_masked_images_per_batch(tmp_path, monkeypatch, rule, expected):
+    plans = []
+
+    def recording(types, *args, **kwargs):
+        plan = fit_module.batch_indices.__wrapped__(types, *args, **kwargs)
+        plans.append((types, plan))
+        return plan
+
+    recording.__wrapped__ = fit_module.batch_indices
+    monkeypatch.setattr(fit_module, "batch_indices", recording)
+    # half the images masked, batches of 4: the fixed rule keeps full_per_batch 1, the share rule takes 2
+    config = tiny(tmp_path, mix={"full": 0.5, "box": 0.5}, full_per_batch=1, full_per_batch_rule=rule, epochs=1)
+    fit(config, lambda metrics, ckpt: None)
+    (types, plan), = plans
+    assert ((types[plan] == 0).sum(axis=1) == expected).all()
