@@ -82,7 +82,10 @@ class TrainConfig(_Strict):
     # box each class fills on the run's own masked images (criterion.box_bands; on 5% masks + 95%
     # boxes +0.002, std 0.029, calibrated val mIoU over 5 paired seeds: not the default)
     box_fill: Union[tuple[float, float], Literal["auto"]] = (0.5, 0.9)
-    pairwise_weight: float = Field(1.0, ge=0)  # inside boxes, neighbours of similar intensity share a class (BoxInst)
+    # inside boxes, neighbours of similar intensity share a class (BoxInst). On 5% masks + 95% boxes weight 2,
+    # dilation 2 and threshold 0.02 each lost at every one of 5 paired seeds (-0.118 / -0.223 / -0.040
+    # calibrated val mIoU; docs/RESULTS.md, annotation-types-pairwise)
+    pairwise_weight: float = Field(1.0, ge=0)
     pairwise_dilation: int = Field(1, ge=1)  # pixels between the two ends of a pair
     # |intensity difference| (images in [0, 1], smoothed) below which a pair counts as similar. 0.05: on
     # the synthetic training set 93% of such pairs inside boxes share a class (benchmarks/pairwise_prior.py)
