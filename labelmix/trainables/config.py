@@ -91,7 +91,10 @@ class TrainConfig(_Strict):
     # |intensity difference| (images in [0, 1], smoothed) below which a pair counts as similar. 0.05: on
     # the synthetic training set 93% of such pairs inside boxes share a class (benchmarks/pairwise_prior.py)
     pairwise_threshold: float = Field(0.05, gt=0)
-    presence_weight: float = Field(1.0, ge=0)  # a present global class fills its top presence_area pixels
+    # a present global class fills its top presence_area pixels. On 5% masks + 95% global labels off it
+    # gained 0.058 calibrated val mIoU at each of 5 paired seeds, but the plain argmax lost classes;
+    # over 64 pixels -0.074 (docs/RESULTS.md, annotation-types-global-presence)
+    presence_weight: float = Field(1.0, ge=0)
     presence_area: int = Field(16, ge=1)  # pixels at full resolution; 1 is the hard max
     # x ds_weights: the exact multi-label targets of the weak labels at the DS levels, for global-label
     # images and for box images. Boxes 0: on 5% masks + 95% boxes they cost 0.019 calibrated val mIoU
