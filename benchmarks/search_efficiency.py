@@ -52,8 +52,10 @@ META_COMMAND, META_STUDY_COMMAND, META_SPEC = b"labelmix.command", b"labelmix.st
 # spec's two) and extra search / scheduler fields. ASHA ranks on one metric, so its study has the
 # one objective val/miou (TPE on mIoU alone, as a single-objective study would search). Rows after
 # "grid" are variants measured beside the platform's defaults: ParetoASHA ordering a front by
-# exclusive hypervolume instead of crowding distance, and NSGA-II with the earlier default
-# population of 4 instead of today's max(16, 2 x concurrency). Syne Tune's MO-ASHA is added apart.
+# exclusive hypervolume instead of crowding distance, NSGA-II with the earlier default
+# population of 4 instead of today's max(16, 2 x concurrency), and the schedulers with two
+# Hyperband brackets (the second makes its first comparison reduction_factor times later). Syne
+# Tune's MO-ASHA is added apart.
 MIOU_ONLY = [{"metric": "val/miou", "mode": "max"}]
 SEARCHERS = {
     "nsga2+pareto_asha": dict(algorithm="nsga2", scheduler="pareto_asha"),
@@ -66,6 +68,10 @@ SEARCHERS = {
     "random+pareto_asha/hypervolume": dict(algorithm="random", scheduler="pareto_asha",
                                            scheduler_extra={"front_order": "hypervolume"}),
     "nsga2/pop4+pareto_asha": dict(algorithm="nsga2", scheduler="pareto_asha", search_extra={"population_size": 4}),
+    "nsga2+pareto_asha/brackets2": dict(algorithm="nsga2", scheduler="pareto_asha", scheduler_extra={"brackets": 2}),
+    "random+pareto_asha/brackets2": dict(algorithm="random", scheduler="pareto_asha", scheduler_extra={"brackets": 2}),
+    "tpe+asha/brackets2": dict(algorithm="tpe", scheduler="asha", objectives=MIOU_ONLY, scheduler_extra={"brackets": 2}),
+    "nsga2+pareto_asha/brackets3": dict(algorithm="nsga2", scheduler="pareto_asha", scheduler_extra={"brackets": 3}),
 }
 DEFAULT_SEARCHERS = ["nsga2+pareto_asha", "tpe+asha", "random", "random+pareto_asha", "grid"]
 SYNE_MOASHA = "syne_tune_moasha"

@@ -13,6 +13,13 @@ What a point adds to its front is, by default, NSGA-II crowding distance (MO-ASH
 distance among equals. Crowding distance gives both ends of a front infinite worth, so the cheapest
 mix, on the front whatever its mIoU, is always promoted; hypervolume does not, but on the tabular
 benchmark (docs/RESULTS.md) it found the frontier no faster, so it is an option, not the default.
+
+Brackets (Hyperband's hedge against stopping too early, as in Ray's ASHAScheduler and Syne Tune):
+with ``brackets=b`` the trials are dealt in turn to b brackets; bracket s has the rungs at
+grace_period * reduction_factor**(s + k), so its trials run reduction_factor**s times longer before
+their first comparison, and a trial is compared only with the trials of its own bracket. Curves that
+cross (a setting that starts slowly and ends best) survive in the later brackets. Ray deals trials
+to brackets at random; here the k-th trial added goes to bracket k mod b, so a study is repeatable.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS, DONE, RESULT_DUPLIC
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from labelmix.errors import UserError
+from labelmix.platform.sections import rung_milestones
 from labelmix.platform.frontier import crowding_distance, hypervolume_contribution, nondominated_ranks
 from labelmix.platform.space import is_reference
 
@@ -100,6 +108,9 @@ class ParetoASHA(FIFOScheduler):
         grace_period: the first rung; no trial stops before it.
         reduction_factor: rungs sit at grace_period * reduction_factor**k (below max_t) and about
             1 / reduction_factor of the trials recorded at a rung continue past it.
+        brackets: how many brackets the trials are dealt to (see the module's text); bracket s
+            skips the first s rungs. At most one more than the number of rungs (the last bracket
+            then has no rung: its trials run to max_t).
 
     The scheduler ignores ``tune.TuneConfig(metric=..., mode=...)``: those are single-metric and
     belong to the searcher and the result grid; the objectives here are its own.
@@ -113,6 +124,7 @@ class ParetoASHA(FIFOScheduler):
         grace_period: int = 1,
         reduction_factor: float = 3,
         front_order: str = "crowding",
+        brackets: int = 1,
     ):
         if not isinstance(objectives, Mapping) or not objectives:
             raise UserError(
@@ -142,15 +154,20 @@ class ParetoASHA(FIFOScheduler):
         self._grace_period = grace_period
         self._reduction_factor = reduction_factor
         self._front_order = front_order
-        milestones = []
-        milestone = grace_period
-        while milestone < max_t:
-            milestones.append(milestone)
-            milestone *= reduction_factor
-        self._milestones = tuple(milestones)
-        # one dict per rung: trial id -> objective vector (in self._names order), in recording order
-        self._records: list[dict[str, np.ndarray]] = [{} for _ in milestones]
+        milestones = rung_milestones(grace_period, max_t, reduction_factor)
+        self._milestones = milestones
+        if isinstance(brackets, bool) or not isinstance(brackets, numbers.Integral) or not 1 <= brackets <= len(milestones) + 1:
+            raise UserError(
+                f"ParetoASHA: brackets must be a whole number from 1 to {len(milestones) + 1} (one more than "
+                f"the rungs [{', '.join(f'{m:g}' for m in milestones)}] below max_t), got {brackets!r}"
+            )
+        self._brackets = int(brackets)
+        # per bracket, one dict per rung: trial id -> objective vector (in self._names order), in
+        # recording order; bracket s leaves its first s rungs empty
+        self._records: list[list[dict[str, np.ndarray]]] = [[{} for _ in milestones] for _ in range(self._brackets)]
         self._next_rung: dict[str, int] = {}  # trial id -> index of the first rung it has not met
+        self._bracket: dict[str, int] = {}  # trial id -> its bracket
+        self._num_added = 0
         self._num_stopped = 0
 
     # --- what the scheduler knows -------------------------------------------------------------
@@ -163,9 +180,16 @@ class ParetoASHA(FIFOScheduler):
     def milestones(self) -> tuple[float, ...]:
         return self._milestones
 
-    def rung_records(self, rung: int) -> list[tuple[str, np.ndarray]]:
-        """The (trial id, objective vector) pairs recorded at rung index ``rung``, in order."""
-        return list(self._records[rung].items())
+    @property
+    def brackets(self) -> int:
+        return self._brackets
+
+    def bracket_of(self, trial_id: str) -> int:
+        return self._bracket[trial_id]
+
+    def rung_records(self, rung: int, bracket: int = 0) -> list[tuple[str, np.ndarray]]:
+        """The (trial id, objective vector) pairs recorded at rung index ``rung`` of ``bracket``, in order."""
+        return list(self._records[bracket][rung].items())
 
     def decide(self, rung_records: Sequence[tuple[str, np.ndarray]], trial_id: str) -> bool:
         """``promotes`` with this scheduler's senses and reduction factor."""
@@ -179,7 +203,10 @@ class ParetoASHA(FIFOScheduler):
         return True
 
     def on_trial_add(self, tune_controller: "TuneController", trial: "Trial"):
-        self._next_rung[trial.trial_id] = 0
+        bracket = self._num_added % self._brackets
+        self._num_added += 1
+        self._bracket[trial.trial_id] = bracket
+        self._next_rung[trial.trial_id] = bracket  # bracket s has no record below rung s
 
     def on_trial_result(
         self, tune_controller: "TuneController", trial: "Trial", result: dict
@@ -192,7 +219,8 @@ class ParetoASHA(FIFOScheduler):
             decision = TrialScheduler.STOP
         else:
             rung = self._record(trial.trial_id, progress, vector)
-            if rung is None or self.decide(self.rung_records(rung), trial.trial_id):
+            bracket = self._bracket.get(trial.trial_id, 0)
+            if rung is None or self.decide(self.rung_records(rung, bracket), trial.trial_id):
                 decision = TrialScheduler.CONTINUE
             else:
                 decision = TrialScheduler.STOP
@@ -223,11 +251,13 @@ class ParetoASHA(FIFOScheduler):
     def debug_string(self) -> str:
         goals = ", ".join(f"{sense} {name}" for name, sense in zip(self._names, self._senses))
         lines = [f"Using ParetoASHA ({goals}): num_stopped={self._num_stopped}"]
-        for milestone, records in zip(self._milestones, self._records):
-            front = 0
-            if records:
-                front = int((nondominated_ranks(np.array(list(records.values())), self._senses) == 0).sum())
-            lines.append(f"Rung {milestone:g}: {len(records)} recorded, {front} on the front")
+        for bracket, rungs in enumerate(self._records):
+            prefix = f"Bracket {bracket}, rung" if self._brackets > 1 else "Rung"
+            for milestone, records in list(zip(self._milestones, rungs))[bracket:]:
+                front = 0
+                if records:
+                    front = int((nondominated_ranks(np.array(list(records.values())), self._senses) == 0).sum())
+                lines.append(f"{prefix} {milestone:g}: {len(records)} recorded, {front} on the front")
         return "\n".join(lines)
 
     def save(self, checkpoint_path: str):
@@ -236,7 +266,11 @@ class ParetoASHA(FIFOScheduler):
 
     def restore(self, checkpoint_path: str):
         with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(pickle.load(file))
+            state = pickle.load(file)
+        if "_brackets" not in state:  # saved before brackets: one bracket, its rungs as they were
+            state = {**state, "_brackets": 1, "_records": [state["_records"]], "_bracket": {},
+                     "_num_added": len(state.get("_next_rung", {}))}
+        self.__dict__.update(state)
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -283,11 +317,12 @@ class ParetoASHA(FIFOScheduler):
         highest, as ASHA does, and the rungs it skipped are never filled in later with a
         better-trained value.
         """
-        first = self._next_rung.get(trial_id, 0)
+        bracket = self._bracket.get(trial_id, 0)
+        first = self._next_rung.get(trial_id, bracket)
         reached = [i for i in range(first, len(self._milestones)) if progress >= self._milestones[i]]
         if not reached:
             return None
         rung = reached[-1]
-        self._records[rung][trial_id] = vector
+        self._records[bracket][rung][trial_id] = vector
         self._next_rung[trial_id] = rung + 1
         return rung

@@ -25,6 +25,7 @@ __all__ = [
     "StorageConfig",
     "Strict",
     "TrackingConfig",
+    "rung_milestones",
 ]
 
 # Metric -> the direction that is better, used when an objective gives no mode.
@@ -90,6 +91,15 @@ class SearchConfig(Strict):
     _concurrency = field_validator("concurrency", mode="before")(_at_most(MAX_CONCURRENCY))
 
 
+def rung_milestones(grace_period: float, max_t: float, reduction_factor: float) -> tuple[float, ...]:
+    """ASHA's rungs: grace_period * reduction_factor**k for every k that stays below max_t."""
+    milestones, milestone = [], grace_period
+    while milestone < max_t:
+        milestones.append(milestone)
+        milestone *= reduction_factor
+    return tuple(milestones)
+
+
 class SchedulerConfig(Strict):
     type: SchedulerType = "none"
     max_epochs: Optional[int] = Field(None, ge=1, le=MAX_EPOCHS)  # filled from fixed.epochs (they must agree)
@@ -100,6 +110,9 @@ class SchedulerConfig(Strict):
     # pareto_asha only: how trials of one non-dominated rank are ordered (pareto_asha.py; "hypervolume"
     # measured no better on the tabular benchmark, docs/RESULTS.md)
     front_order: FrontOrder = "crowding"
+    # asha and pareto_asha: Hyperband's brackets; bracket s makes its first comparison at
+    # grace_period * reduction_factor**s, so slow starters survive there (pareto_asha.py)
+    brackets: int = Field(1, ge=1)
 
 
 class BudgetConfig(Strict):

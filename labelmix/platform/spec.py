@@ -30,7 +30,7 @@ from labelmix.platform.assembly import assemble_config, reference_config
 from labelmix.platform.axes import DISTRIBUTIONS, Axis, check_field, grid_points, parse_axis, parse_case, parse_cases, parse_mix
 from labelmix.platform.sections import (ALGORITHMS, OBJECTIVE_METRICS, SCHEDULERS, BudgetConfig, FailureConfig, Objective,
                                         ResourcesConfig, SchedulerConfig, SearchConfig, SmokeConfig, StorageConfig,
-                                        Strict, TrackingConfig)
+                                        Strict, TrackingConfig, rung_milestones)
 from labelmix.platform.storage import scheme_of
 from labelmix.platform.storage_checks import check_storage, check_store
 from labelmix.platform.trial_checks import check_network, check_trial_configs, refuse_non_finite
@@ -243,6 +243,16 @@ class StudySpec(Strict):
             raise UserError(
                 f"scheduler.grace_period: {scheduler.grace_period} is more than max_epochs {scheduler.max_epochs}"
             )
+        if scheduler.type == "none" and scheduler.brackets != 1:
+            raise UserError("scheduler.brackets: only for type asha or pareto_asha (type is none)")
+        if scheduler.type != "none" and scheduler.brackets > 1:
+            rungs = len(rung_milestones(scheduler.grace_period, scheduler.max_epochs, scheduler.reduction_factor))
+            if scheduler.brackets > rungs + 1:
+                raise UserError(
+                    f"scheduler.brackets: {scheduler.brackets} is more than one plus the {rungs} rung(s) below "
+                    f"max_epochs {scheduler.max_epochs} (grace_period {scheduler.grace_period}, reduction_factor "
+                    f"{scheduler.reduction_factor:g}); at most {rungs + 1}"
+                )
         device = self.fixed.get("device")
         if device == "cuda" and self.resources.gpus <= 0:
             raise UserError("fixed.device: cuda needs resources.gpus > 0 (a fraction such as 0.25 is allowed)")
@@ -308,6 +318,9 @@ def smoke_spec(spec: StudySpec) -> StudySpec:
     scheduler = data["scheduler"]
     scheduler.update(max_epochs=epochs if "epochs" not in data["space"] else None,
                      grace_period=min(scheduler["grace_period"], epochs))
+    if spec.scheduler.type != "none":  # fewer epochs, fewer rungs: at most one bracket more than rungs
+        rungs = rung_milestones(scheduler["grace_period"], epochs, scheduler["reduction_factor"])
+        scheduler["brackets"] = min(scheduler["brackets"], len(rungs) + 1)
     if spec.dataset.synthetic is not None:
         data["dataset"]["synthetic"].update(
             volumes=smoke.volumes, slices=smoke.slices, height=smoke.size, width=smoke.size

@@ -87,11 +87,12 @@ def make_scheduler(spec: StudySpec):
         return KeepReferenceASHA(
             time_attr="training_iteration", metric=objective.metric, mode=objective.mode,
             max_t=sch.max_epochs, grace_period=sch.grace_period, reduction_factor=sch.reduction_factor,
+            brackets=sch.brackets,
         )
     return ParetoASHA(
         {o.metric: o.mode for o in spec.objectives}, time_attr="training_iteration",
         max_t=sch.max_epochs, grace_period=sch.grace_period, reduction_factor=sch.reduction_factor,
-        front_order=sch.front_order,
+        front_order=sch.front_order, brackets=sch.brackets,
     )
 
 

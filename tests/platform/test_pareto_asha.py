@@ -264,6 +264,84 @@ def test_constructor_validates(overrides, field):
         scheduler(**overrides)
 
 
+# --- brackets -----------------------------------------------------------------------------------
+
+
+def test_brackets_deal_trials_in_turn_and_skip_their_first_rungs():
+    sched = scheduler(max_t=8, brackets=3)  # rungs 1, 2, 4; bracket 1 starts at 2, bracket 2 at 4
+    order = ["B", "C", "D", "A", "X"]
+    for trial_id in order:
+        sched.on_trial_add(None, fake_trial(trial_id))
+    assert [sched.bracket_of(t) for t in order] == [0, 1, 2, 0, 1]
+    # C is dominated by B, but C sits in bracket 1 and has no rung at 1: no record, it continues
+    assert sched.on_trial_result(None, fake_trial("B"), result("B", 1)) == CONTINUE
+    assert sched.on_trial_result(None, fake_trial("C"), result("C", 1)) == CONTINUE
+    assert [t for t, _ in sched.rung_records(0, 0)] == ["B"]
+    assert sched.rung_records(0, 1) == []
+    # at 2 C is the first record of bracket 1's first rung; bracket 0's rung 2 is another rung
+    assert sched.on_trial_result(None, fake_trial("C"), result("C", 2)) == CONTINUE
+    assert [t for t, _ in sched.rung_records(1, 1)] == ["C"]
+    assert sched.rung_records(1, 0) == []
+    # D (bracket 2) first meets a rung at 4
+    assert sched.on_trial_result(None, fake_trial("D"), result("D", 2)) == CONTINUE
+    assert sched.on_trial_result(None, fake_trial("D"), result("D", 4)) == CONTINUE
+    assert [t for t, _ in sched.rung_records(2, 2)] == ["D"]
+
+
+def test_a_trial_is_compared_only_within_its_bracket():
+    one = scheduler(max_t=4, brackets=1)
+    two = scheduler(max_t=4, brackets=2)  # rungs 1, 2: bracket 1 first compares at 2
+    order = ["B", "A", "C"]  # with two brackets: B, C in bracket 0, A in bracket 1
+    assert drive(one, order, iteration=2) == {"B": CONTINUE, "A": CONTINUE, "C": STOP}
+    assert drive(two, order, iteration=2) == {"B": CONTINUE, "A": CONTINUE, "C": STOP}
+    # at rung 1 only bracket 0 compares: C (dominated by B) stops there, A is not judged yet
+    three = scheduler(max_t=4, brackets=2)
+    assert drive(three, ["B", "A", "C"], iteration=1) == {"B": CONTINUE, "A": CONTINUE, "C": STOP}
+    assert [t for t, _ in three.rung_records(0, 0)] == ["B", "C"]
+    # a dominated trial alone in its bracket continues: C second, in bracket 1
+    four = scheduler(max_t=4, brackets=2)
+    assert drive(four, ["B", "C"], iteration=2) == {"B": CONTINUE, "C": CONTINUE}
+
+
+def test_brackets_are_checked():
+    with pytest.raises(UserError, match=r"brackets must be a whole number from 1 to 3 \(one more than the rungs \[1, 2\] below max_t\), got 4"):
+        scheduler(brackets=4)
+    for bad in (0, 1.5, True):
+        with pytest.raises(UserError, match="brackets must be a whole number"):
+            scheduler(brackets=bad)
+    assert scheduler(brackets=3).brackets == 3
+
+
+def test_restore_state_saved_before_brackets(tmp_path):
+    import pickle
+
+    sched = scheduler()
+    drive(sched, ["B", "C"])
+    old = dict(sched.__dict__)
+    for key in ("_brackets", "_bracket", "_num_added"):
+        del old[key]
+    old["_records"] = old["_records"][0]  # the one list of rungs, as saved then
+    path = tmp_path / "old.pkl"
+    path.write_bytes(pickle.dumps(old))
+    restored = scheduler(brackets=2)
+    restored.restore(str(path))
+    assert restored.brackets == 1
+    assert [t for t, _ in restored.rung_records(0)] == ["B", "C"]
+    assert restored.debug_string() == sched.debug_string()
+    restored.on_trial_add(None, fake_trial("D"))
+    assert restored.on_trial_result(None, fake_trial("D"), result("D", 1)) == CONTINUE
+
+
+def test_debug_string_names_the_brackets():
+    sched = scheduler(max_t=4, brackets=2)
+    drive(sched, ["B", "A", "C"], iteration=2)
+    assert sched.debug_string().splitlines()[1:] == [
+        "Bracket 0, rung 1: 0 recorded, 0 on the front",
+        "Bracket 0, rung 2: 2 recorded, 1 on the front",
+        "Bracket 1, rung 2: 1 recorded, 1 on the front",
+    ]
+
+
 # --- a real Tuner run ---------------------------------------------------------------------------
 
 # six trials; index 0 best on both objectives, then each worse on both: the later ones are
@@ -279,8 +357,8 @@ def _trainable(config):
         tune.report({"val/miou": miou * (step + 1) / 4, "cost/hours": hours})
 
 
-@pytest.mark.slow
-def test_tuner_runs_with_pareto_asha(tmp_path):
+def _fit(tmp_path, name: str, sched: ParetoASHA):
+    """The six TABLE trials through a real Tuner with ``sched``."""
     import ray
     from ray import tune
 
@@ -291,19 +369,28 @@ def test_tuner_runs_with_pareto_asha(tmp_path):
         tuner = tune.Tuner(
             _trainable,
             param_space={"i": tune.grid_search(list(range(6)))},
-            tune_config=tune.TuneConfig(
-                metric="val/miou",  # single-metric, for the result grid; the scheduler ignores it
-                mode="max",
-                scheduler=scheduler(max_t=4, grace_period=1, reduction_factor=2),
-            ),
-            run_config=tune.RunConfig(storage_path=str(tmp_path), name="pareto_asha", verbose=0),
+            # single-metric, for the result grid; the scheduler ignores it
+            tune_config=tune.TuneConfig(metric="val/miou", mode="max", scheduler=sched),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name=name, verbose=0),
         )
         results = tuner.fit()
     finally:
         if started:
             ray.shutdown()
-    assert results.num_errors == 0
-    assert len(results) == 6
-    iterations = sorted(r.metrics["training_iteration"] for r in results)
-    assert iterations[-1] == 4  # some trial ran to max_t
-    assert iterations[0] < 4  # and some were stopped at a rung
+    assert results.num_errors == 0 and len(results) == 6
+    return {r.config["i"]: r.metrics["training_iteration"] for r in results}
+
+
+@pytest.mark.slow
+def test_tuner_runs_with_pareto_asha(tmp_path):
+    reached = _fit(tmp_path, "pareto_asha", scheduler(max_t=4, grace_period=1, reduction_factor=2))
+    assert max(reached.values()) == 4  # some trial ran to max_t
+    assert min(reached.values()) < 4  # and some were stopped at a rung
+
+
+@pytest.mark.slow
+def test_tuner_runs_with_brackets(tmp_path):
+    reached = _fit(tmp_path, "pareto_asha_brackets", scheduler(max_t=4, grace_period=1, reduction_factor=2, brackets=2))
+    # trials 1, 3, 5 (added second, fourth, sixth) are in bracket 1: none is judged before iteration 2
+    assert all(reached[i] >= 2 for i in (1, 3, 5))
+    assert max(reached.values()) == 4 and min(reached.values()) < 4

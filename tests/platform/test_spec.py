@@ -192,6 +192,10 @@ INVALID = [
     (dict(scheduler__reduction_factor=1), "scheduler.reduction_factor: Input should be greater than 1"),
     (dict(scheduler__type="none", scheduler__front_order="hypervolume"), "scheduler.front_order: only for type pareto_asha"),
     (dict(scheduler__front_order="crowded"), "scheduler.front_order: Input should be 'hypervolume' or 'crowding'"),
+    (dict(scheduler__brackets=5), "scheduler.brackets: 5 is more than one plus the 3 rung(s) below max_epochs 6 "
+     "(grace_period 1, reduction_factor 2); at most 4"),
+    (dict(scheduler__brackets=0), "scheduler.brackets: Input should be greater than or equal to 1"),
+    (dict(scheduler__type="none", scheduler__brackets=2), "scheduler.brackets: only for type asha or pareto_asha (type is none)"),
     (dict(space__epochs={"int": [2, 4]}, fixed__epochs=DELETE), "space.epochs: cannot be searched with scheduler pareto_asha"),
     # counts and resources
     (dict(search__trials=0), "search.trials: Input should be greater than or equal to 1"),
@@ -266,6 +270,12 @@ def test_smoke_spec_shrinks():
     assert smoke.axes == spec.axes
     one = smoke_spec(parse_spec(spec_with(smoke__trials=1)))
     assert one.search.trials == 1 and one.search.concurrency == 1
+
+
+def test_smoke_spec_keeps_brackets_within_its_rungs():
+    spec = parse_spec(spec_with(scheduler__brackets=4))  # rungs 1, 2, 4 below 6 epochs
+    assert spec.scheduler.brackets == 4
+    assert smoke_spec(spec).scheduler.brackets == 1  # 1 epoch: no rung below it, one bracket
 
 
 def test_smoke_spec_of_a_path_dataset_limits_images(tmp_path):
