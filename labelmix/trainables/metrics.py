@@ -98,12 +98,14 @@ def offset_confusions(logits: Tensor, target: Tensor, offsets: Sequence[float]) 
 
 def calibrated_scores(cms: np.ndarray, offsets: Sequence[float], class_names: Sequence[str], prefix: str) -> dict[str, float]:
     """``{prefix}/miou_calibrated`` and ``{prefix}/background_offset``: the best foreground mIoU over
-    the offsets' confusion matrices (K x C x C) and its offset, ties to the smallest |offset|.
-    Scoring val over BACKGROUND_OFFSETS chooses the offset; scoring test with that one offset
-    alone reports it honestly."""
+    the offsets' confusion matrices (K x C x C) and its offset, ties to the smallest |offset|; and
+    ``{prefix}/iou_calibrated/{name}`` for every foreground class at that offset (which class a
+    calibrated score loses). Scoring val over BACKGROUND_OFFSETS chooses the offset; scoring test
+    with that one offset alone reports it honestly."""
     if len(cms) != len(offsets) or not len(offsets):
         raise ValueError(f"{len(cms)} confusion matrices for {len(offsets)} offsets")
-    scored = [(segmentation_scores(cm, class_names, prefix)[f"{prefix}/miou"], offset) for cm, offset in zip(cms, offsets)]
-    finite = [(m, o) for m, o in scored if not np.isnan(m)] or scored
-    best, offset = max(finite, key=lambda pair: (pair[0], -abs(pair[1])))
-    return {f"{prefix}/miou_calibrated": best, f"{prefix}/background_offset": float(offset)}
+    scored = [(segmentation_scores(cm, class_names, prefix), offset) for cm, offset in zip(cms, offsets)]
+    finite = [(s, o) for s, o in scored if not np.isnan(s[f"{prefix}/miou"])] or scored
+    best, offset = max(finite, key=lambda pair: (pair[0][f"{prefix}/miou"], -abs(pair[1])))
+    per_class = {f"{prefix}/iou_calibrated/{name}": best[f"{prefix}/iou/{name}"] for name in class_names[1:]}
+    return {f"{prefix}/miou_calibrated": best[f"{prefix}/miou"], f"{prefix}/background_offset": float(offset), **per_class}

@@ -2,6 +2,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -44,6 +45,9 @@ def test_fit_reports_every_epoch_with_design_names(tmp_path):
     assert final["val/background_offset"] in BACKGROUND_OFFSETS
     assert final["test/background_offset"] == final["val/background_offset"]
     assert 0.0 <= final["test/miou_calibrated"] <= 1.0
+    # the foreground classes' IoU at the chosen offset average to the calibrated mIoU
+    per_class = [final[f"val/iou_calibrated/{name}"] for name in ("IRF", "SRF", "PED")]
+    assert np.nanmean(per_class) == pytest.approx(final["val/miou_calibrated"])
     # every annotation type is present, so every term was active
     assert {"train/full", "train/negative", "train/tightness", "train/box_size", "train/presence",
             "train/weak_ds", "train/pseudo"} <= set(first)

@@ -90,6 +90,9 @@ def test_calibrated_scores_pick_the_best_offset_ties_to_the_smallest():
         [[10, 0, 0], [1, 1, 0], [0, 0, 2]],  # IRF 1/2 -> 0.75
     ])
     s = calibrated_scores(cms, [0.0, -0.5, 0.5, 3.0], NAMES, "val")
-    assert s == {"val/miou_calibrated": 1.0, "val/background_offset": -0.5}
-    assert calibrated_scores(cms[3:], [3.0], NAMES, "test") == {"test/miou_calibrated": 0.75, "test/background_offset": 3.0}
+    assert s == {"val/miou_calibrated": 1.0, "val/background_offset": -0.5,
+                 f"val/iou_calibrated/{NAMES[1]}": 1.0, f"val/iou_calibrated/{NAMES[2]}": 1.0}
+    assert calibrated_scores(cms[3:], [3.0], NAMES, "test") == {
+        "test/miou_calibrated": 0.75, "test/background_offset": 3.0,
+        f"test/iou_calibrated/{NAMES[1]}": 0.5, f"test/iou_calibrated/{NAMES[2]}": 1.0}
     assert 0.0 in BACKGROUND_OFFSETS and (min(BACKGROUND_OFFSETS), max(BACKGROUND_OFFSETS)) == (-2.0, 6.0)
