@@ -108,7 +108,7 @@ def test_pseudo_debias_reads_the_teacher_logits_minus_log_class_weight(debias):
     unlabeled image); debiased, 0.5 - log 3 < 0 and background wins everywhere. The student's
     logits [1, 0, 0, 0] make the two labels' CE differ: background log(e + 3) - 1, class 1 log(e + 3)."""
     student, teacher = Constant([1.0, 0.0, 0.0, 0.0]), Constant([0.0, 0.5, 0.0, 0.0])
-    config = load_config({"ds_depth": 0, "foreground_weight": 3.0, "pseudo_debias": debias})
+    config = load_config({"ds_depth": 0, "foreground_weight": 3.0, "pseudo_debias": debias, "pseudo_threshold": 0})
     terms = build_criterion(config, 4, 0, torch.device("cpu")).terms(student, teacher, _batch(), pseudo_weight=1.0)
     background, fluid = math.log(math.e + 3) - 1, math.log(math.e + 3)
     expected = background if debias else (272 * fluid + 240 * background) / 512  # the box and unlabeled images' 512 pixels
@@ -122,10 +122,22 @@ def test_pseudo_box_fill_labels_each_box_by_its_size_band():
     256. Student [1, 0, 0, 0]: CE log(e + 3) - 1 on background, log(e + 3) on class 1, averaged over
     the 506 labelled pixels."""
     student, teacher = Constant([1.0, 0.0, 0.0, 0.0]), Constant([0.0, 0.5, 0.0, 0.0])
-    config = load_config({"ds_depth": 0, "pseudo_box_fill": True})
+    config = load_config({"ds_depth": 0, "pseudo_box_fill": True, "pseudo_threshold": 0})
     terms = build_criterion(config, 4, 0, torch.device("cpu")).terms(student, teacher, _batch(), pseudo_weight=1.0)
     background, fluid = math.log(math.e + 3) - 1, math.log(math.e + 3)
     assert terms["pseudo"].item() == pytest.approx((264 * fluid + 242 * background) / 506)
+
+
+def test_default_threshold_ignores_the_pixels_the_teacher_is_unsure_of():
+    """Teacher [0, 0.5, 0, 0] everywhere. Inside the box (background or class 1 allowed) its top
+    probability is e^0.5 / (1 + e^0.5) = 0.62, on the unlabeled image e^0.5 / (3 + e^0.5) = 0.35:
+    both under the default 0.9, so ignored. Outside the box only background is allowed (confidence
+    1): those 240 pixels keep background, CE log(e + 3) - 1 for the student [1, 0, 0, 0]."""
+    student, teacher = Constant([1.0, 0.0, 0.0, 0.0]), Constant([0.0, 0.5, 0.0, 0.0])
+    config = load_config({"ds_depth": 0})
+    assert config.pseudo_threshold == 0.9
+    terms = build_criterion(config, 4, 0, torch.device("cpu")).terms(student, teacher, _batch(), pseudo_weight=1.0)
+    assert terms["pseudo"].item() == pytest.approx(math.log(math.e + 3) - 1)
 
 
 def test_pseudo_debias_needs_a_positive_foreground_weight():
