@@ -34,8 +34,8 @@ from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS, DONE, RESULT_DUPLIC
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from labelmix.errors import UserError
-from labelmix.platform.sections import rung_milestones
 from labelmix.platform.frontier import crowding_distance, hypervolume_contribution, nondominated_ranks
+from labelmix.platform.sections import rung_milestones
 from labelmix.platform.space import is_reference
 
 if TYPE_CHECKING:
@@ -154,8 +154,7 @@ class ParetoASHA(FIFOScheduler):
         self._grace_period = grace_period
         self._reduction_factor = reduction_factor
         self._front_order = front_order
-        milestones = rung_milestones(grace_period, max_t, reduction_factor)
-        self._milestones = milestones
+        self._milestones = milestones = rung_milestones(grace_period, max_t, reduction_factor)
         if isinstance(brackets, bool) or not isinstance(brackets, numbers.Integral) or not 1 <= brackets <= len(milestones) + 1:
             raise UserError(
                 f"ParetoASHA: brackets must be a whole number from 1 to {len(milestones) + 1} (one more than "
@@ -166,8 +165,7 @@ class ParetoASHA(FIFOScheduler):
         # recording order; bracket s leaves its first s rungs empty
         self._records: list[list[dict[str, np.ndarray]]] = [[{} for _ in milestones] for _ in range(self._brackets)]
         self._next_rung: dict[str, int] = {}  # trial id -> index of the first rung it has not met
-        self._bracket: dict[str, int] = {}  # trial id -> its bracket
-        self._num_added = 0
+        self._bracket: dict[str, int] = {}  # trial id -> its bracket, for every trial ever added
         self._num_stopped = 0
 
     # --- what the scheduler knows -------------------------------------------------------------
@@ -203,8 +201,7 @@ class ParetoASHA(FIFOScheduler):
         return True
 
     def on_trial_add(self, tune_controller: "TuneController", trial: "Trial"):
-        bracket = self._num_added % self._brackets
-        self._num_added += 1
+        bracket = len(self._bracket) % self._brackets  # dealt in turn
         self._bracket[trial.trial_id] = bracket
         self._next_rung[trial.trial_id] = bracket  # bracket s has no record below rung s
 
@@ -268,8 +265,7 @@ class ParetoASHA(FIFOScheduler):
         with open(checkpoint_path, "rb") as file:
             state = pickle.load(file)
         if "_brackets" not in state:  # saved before brackets: one bracket, its rungs as they were
-            state = {**state, "_brackets": 1, "_records": [state["_records"]], "_bracket": {},
-                     "_num_added": len(state.get("_next_rung", {}))}
+            state = {**state, "_brackets": 1, "_records": [state["_records"]], "_bracket": {}}
         self.__dict__.update(state)
 
     # --- helpers --------------------------------------------------------------------------------

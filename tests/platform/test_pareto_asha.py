@@ -318,7 +318,7 @@ def test_restore_state_saved_before_brackets(tmp_path):
     sched = scheduler()
     drive(sched, ["B", "C"])
     old = dict(sched.__dict__)
-    for key in ("_brackets", "_bracket", "_num_added"):
+    for key in ("_brackets", "_bracket"):
         del old[key]
     old["_records"] = old["_records"][0]  # the one list of rungs, as saved then
     path = tmp_path / "old.pkl"
