@@ -239,3 +239,43 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int = 3) ->
     x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=b)
     x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel[:, None, :, None], groups=b)
     return x.transpose(0, 1)
+
+
+CUTMIX_AREA = (0.25, 0.5)  # the share of the image a CutMix rectangle covers, uniform
+CUTMIX_ASPECT = 3.0  # its height / width ratio, log-uniform in [1 / CUTMIX_ASPECT, CUTMIX_ASPECT]
+
+
+def cutmix_masks(count: int, height: int, width: int, device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``count`` x H x W bool: one axis-aligned rectangle per mixed image (French et al., BMVC 2020).
+
+    Its area is a uniform share CUTMIX_AREA of the image, its aspect ratio log-uniform, its place
+    uniform among the positions where it fits. Random numbers come from the CPU (``generator`` or
+    torch's global CPU generator, the one checkpoints save).
+    """
+    u = torch.rand(count, 4, dtype=torch.float64, generator=generator)
+    area = (CUTMIX_AREA[0] + (CUTMIX_AREA[1] - CUTMIX_AREA[0]) * u[:, 0]) * height * width
+    aspect = torch.exp((2 * u[:, 1] - 1) * math.log(CUTMIX_ASPECT))  # height / width
+    rect_h = torch.sqrt(area * aspect).round().clamp(1, height).long()
+    rect_w = torch.sqrt(area / aspect).round().clamp(1, width).long()
+    top = (u[:, 2] * (height - rect_h + 1)).floor().long()
+    left = (u[:, 3] * (width - rect_w + 1)).floor().long()
+    ys = torch.arange(height)[None, :, None]
+    xs = torch.arange(width)[None, None, :]
+    inside = ((ys >= top[:, None, None]) & (ys < (top + rect_h)[:, None, None])
+              & (xs >= left[:, None, None]) & (xs < (left + rect_w)[:, None, None]))
+    return inside.to(device)
+
+
+def cut_mix(x: torch.Tensor, rows: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+    """``x`` with row ``rows[k]`` taking row ``rows[k - 1]``'s values inside ``cut[k]`` (k = 0 takes the last).
+
+    ``x`` is B x H x W (labels) or B x C x H x W (images); ``rows`` n indices into B; ``cut`` n x H x W
+    bool (``cutmix_masks``). Each mixed row pastes its predecessor's rectangle, so with n >= 2 no row
+    is mixed with itself; rows not listed are unchanged. Images and their pseudo-labels mixed with the
+    same ``rows`` and ``cut`` stay aligned pixel for pixel.
+    """
+    partners = rows.roll(1)
+    where = cut if x.dim() == 3 else cut[:, None]
+    out = x.clone()
+    out[rows] = torch.where(where, x[partners], x[rows])
+    return out

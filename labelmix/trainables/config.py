@@ -123,6 +123,11 @@ class TrainConfig(_Strict):
     # -threshold, -unlabeled).
     pseudo_threshold: float = Field(0.9, ge=0, le=1)
     strong_augment: bool = False
+    # "cutmix": the student learns unlabeled images' pseudo-labels on CutMix pairs (a rectangle of
+    # 25-50% of one image pasted into another, the teacher's pseudo-labels of the unmixed images
+    # pasted the same way; French et al., BMVC 2020), so the teacher's view and the student's differ
+    # in context while their geometry agrees. Box and global-label images are never mixed.
+    pseudo_mix: Literal["none", "cutmix"] = "none"
     pseudo_rampup: float = Field(0.3, ge=0, le=1)  # fraction of all steps for the sigmoid ramp-up
     pseudo_ds: bool = True  # deep supervision on the pseudo-label too
     # foreground_weight for the pseudo-label CE. 1: the teacher's false positives are not amplified

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from labelmix.errors import UserError
 from labelmix.trainables import losses, weak_losses
-from labelmix.trainables.batches import Batch, strong_view
+from labelmix.trainables.batches import Batch, cut_mix, cutmix_masks, strong_view
 from labelmix.trainables.config import TrainConfig, class_weights_by_name
 from labelmix.trainables.data.annotations import BOX, FULL, GLOBAL, NONE
 from labelmix.trainables.teacher import allowed_classes, box_fill_pseudo_labels, constrained_pseudo_labels
@@ -58,6 +58,7 @@ class Criterion:
     pseudo_box_fill: bool  # inside boxes the pseudo-label follows the size band (box_fill_pseudo_labels)
     pseudo_ds: bool
     strong_augment: bool
+    pseudo_mix: str  # "none" or "cutmix": unlabeled images learn their pseudo-labels on CutMix pairs
 
     def terms(self, student, teacher, batch: Batch, pseudo_weight: float) -> dict[str, Tensor]:
         full, weak = batch.types == FULL, batch.types != FULL
@@ -69,6 +70,15 @@ class Criterion:
         strong = weak & ((batch.types != NONE) | (pseudo_weight > 0))
         if self.strong_augment and strong.any():
             images = torch.where(strong[:, None, None, None], strong_view(images), images)
+        # CutMix (French et al., BMVC 2020): the student sees unlabeled images in pairs, a rectangle of
+        # one pasted into the other, and learns the teacher's pseudo-labels of the two unmixed images
+        # pasted the same way. Only unlabeled images: their pseudo-label is their only loss, so the
+        # mixed view replaces nothing another term reads.
+        unlabeled = (batch.types == NONE).nonzero().flatten()
+        cut = None
+        if self.pseudo_mix == "cutmix" and pseudo_weight > 0 and len(unlabeled) >= 2:
+            cut = cutmix_masks(len(unlabeled), *images.shape[-2:], device=images.device)
+            images = cut_mix(images, unlabeled, cut)
         main, levels = student(images)
         main = self.adjusted(main)
         terms: dict[str, Tensor] = {}
@@ -91,6 +101,8 @@ class Criterion:
                     if self.pseudo_box_fill and bool((batch.types[weak] == BOX).any()):
                         weak_boxes = [b if t == BOX else b[:0] for b, t in zip(batch.boxes, batch.types.tolist()) if t != FULL]
                         pseudo = box_fill_pseudo_labels(pseudo, teacher_main, weak_boxes, self.box_fill)
+                    if cut is not None:  # the unlabeled rows' places among the weak rows
+                        pseudo = cut_mix(pseudo, (weak.cumsum(0) - 1)[unlabeled], cut)
                 terms["pseudo"] = pseudo_weight * (
                     losses.cross_entropy(main[weak], pseudo, self.pseudo_class_weights)
                     + (self.ds([lv[weak] for lv in levels], pseudo, self.ds_weights) if self.pseudo_ds else 0.0)
@@ -228,6 +240,7 @@ def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: t
         pseudo_box_fill=config.pseudo_box_fill,
         pseudo_ds=config.pseudo_ds,
         strong_augment=config.strong_augment,
+        pseudo_mix=config.pseudo_mix,
     )
 
 
