@@ -15,6 +15,8 @@ from labelmix.trainables.batches import (
     _boxes_back,
     _cycled,
     batch_indices,
+    cut_mix,
+    cutmix_masks,
     full_masks_per_batch,
     gaussian_blur,
     make_batch,
@@ -297,3 +299,34 @@ def test_to_tensors_refuses_images_of_different_sizes():
                      [np.zeros((2, 2), np.uint8), np.zeros((3, 2), np.uint8)])
     with pytest.raises(UserError, match="images of different sizes in one store; re-import with --size H W"):
         to_tensors(store)
+
+
+def test_cut_mix_pastes_each_listed_row_from_the_one_before_it():
+    """Rows 0 and 2 of three constant images (1, 2, 3) are mixed: row 0 takes row 2's values inside
+    its cut (k = 0 takes the last listed row), row 2 takes row 0's; row 1 is not listed and stays."""
+    x = torch.stack([torch.full((4, 4), v) for v in (1.0, 2.0, 3.0)])
+    cut = torch.zeros(2, 4, 4, dtype=torch.bool)
+    cut[0, :2, :2] = True  # top-left 2 x 2 of row 0
+    cut[1, :, 3] = True  # last column of row 2
+    out = cut_mix(x, torch.tensor([0, 2]), cut)
+    expected0 = torch.ones(4, 4)
+    expected0[:2, :2] = 3.0
+    expected2 = torch.full((4, 4), 3.0)
+    expected2[:, 3] = 1.0
+    assert torch.equal(out[0], expected0) and torch.equal(out[1], x[1]) and torch.equal(out[2], expected2)
+    images = cut_mix(x[:, None], torch.tensor([0, 2]), cut)  # B x C x H x W with the same cut: the same pixels
+    assert torch.equal(images[:, 0], out)
+
+
+def test_cutmix_masks_are_one_rectangle_of_a_quarter_to_half_the_image():
+    generator = torch.Generator().manual_seed(0)
+    masks = cutmix_masks(200, 32, 48, generator=generator)
+    assert masks.shape == (200, 32, 48) and masks.dtype == torch.bool
+    for mask in masks:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        height, width = len(rows), len(cols)
+        assert rows[-1] - rows[0] + 1 == height and cols[-1] - cols[0] + 1 == width  # contiguous
+        assert int(mask.sum()) == height * width  # filled: a rectangle
+        assert 0.2 <= height * width / (32 * 48) <= 0.55  # 25-50%, up to rounding to whole pixels and the image's edge
+    again = cutmix_masks(200, 32, 48, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(masks, again)

@@ -168,3 +168,58 @@ def test_tightness_class_weights_refuse_a_class_the_dataset_lacks():
 def test_tightness_class_weights_must_be_finite_and_not_negative(weight):
     with pytest.raises(UserError, match="tightness_class_weights"):
         load_config({"tightness_class_weights": {"IRF": weight}})
+
+
+class Pixelwise(torch.nn.Module):
+    """A stand-in network that reads each pixel alone: class 1 where the image is brighter than 0.5
+    (logit 20 (x - 0.5)), background elsewhere, classes 2 and 3 far below; records its inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        fluid = 20.0 * (x[:, 0] - 0.5)
+        far = torch.full_like(fluid, -30.0)
+        return torch.stack([torch.zeros_like(fluid), fluid, far, far], dim=1), []
+
+
+def _unlabeled_pair():
+    """One masked image and two unlabeled ones: the first dark everywhere (0.2), the second bright (0.8)."""
+    images = torch.cat([torch.full((1, 1, 16, 16), 0.2), torch.full((1, 1, 16, 16), 0.2), torch.full((1, 1, 16, 16), 0.8)])
+    empty = torch.zeros(0, 5, dtype=torch.long)
+    return Batch(images=images, masks=torch.zeros(3, 16, 16, dtype=torch.long), types=torch.tensor([FULL, NONE, NONE]),
+                 global_labels=torch.tensor([[1.0, 0, 0, 0]] * 3), boxes=[empty, empty, empty])
+
+
+def test_cutmix_pastes_unlabeled_images_into_each_other_and_their_pseudo_labels_the_same_way():
+    """The teacher labels the unmixed images (dark: background, bright: class 1); the student sees each
+    unlabeled image with a rectangle of the other pasted in. Where the pseudo-labels are pasted like
+    the images, the pixelwise student agrees with them at every pixel, so the pseudo-label CE is the
+    small one of logits 0 and 6 (log(1 + e^-6) at each pixel); labels left unmixed would cost ~6 in
+    the pasted rectangles."""
+    batch = _unlabeled_pair()
+    torch.manual_seed(0)
+    student, teacher = Pixelwise(), Pixelwise()
+    config = load_config({"ds_depth": 0, "pseudo_mix": "cutmix", "pseudo_threshold": 0})
+    terms = build_criterion(config, 4, 0, torch.device("cpu")).terms(student, teacher, batch, pseudo_weight=1.0)
+    assert torch.equal(teacher.seen[0], batch.images[1:])  # the teacher: the unmixed images
+    seen = student.seen[0]
+    assert torch.equal(seen[0], batch.images[0])  # the masked image is never mixed
+    pasted = [(seen[i, 0] != batch.images[i, 0]).float().mean().item() for i in (1, 2)]
+    assert all(0.2 <= share <= 0.55 for share in pasted)  # a 25-50% rectangle each (rounded to whole pixels)
+    assert terms["pseudo"].item() == pytest.approx(math.log1p(math.exp(-6.0)), rel=1e-4)
+
+
+def test_cutmix_leaves_the_views_alone_while_the_pseudo_label_weight_is_0():
+    batch = _unlabeled_pair()
+    student, teacher = Pixelwise(), Pixelwise()
+    config = load_config({"ds_depth": 0, "pseudo_mix": "cutmix"})
+    build_criterion(config, 4, 0, torch.device("cpu")).terms(student, teacher, batch, pseudo_weight=0.0)
+    assert torch.equal(student.seen[0], batch.images)
+
+
+def test_pseudo_mix_refuses_an_unknown_kind():
+    with pytest.raises(UserError, match="pseudo_mix"):
+        load_config({"pseudo_mix": "mixup"})
