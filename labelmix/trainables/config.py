@@ -83,6 +83,14 @@ class TrainConfig(_Strict):
     # box each class fills on the run's own masked images (criterion.box_bands; on 5% masks + 95%
     # boxes +0.002, std 0.029, calibrated val mIoU over 5 paired seeds: not the default)
     box_fill: Union[tuple[float, float], Literal["auto"]] = (0.5, 0.9)
+    # Learned box shapes (box_shapes.py): a small box-conditioned U-Net, trained for box_shape_steps
+    # steps on the masked training images' boxes and masks only, gives each box image a pseudo-mask
+    # (a box's class where it is at least box_shape_band[1] sure, background where at most [0] and
+    # outside all boxes, the rest ignored); box images then also pay box_shape_weight x the mask loss
+    # (CE and deep supervision) on it. 0: off.
+    box_shape_weight: float = Field(0.0, ge=0)
+    box_shape_steps: int = Field(500, ge=1)
+    box_shape_band: tuple[float, float] = (0.3, 0.7)
     # inside boxes, neighbours of similar intensity share a class (BoxInst). On 5% masks + 95% boxes weight 2,
     # dilation 2 and threshold 0.02 each lost at every one of 5 paired seeds (-0.118 / -0.223 / -0.040
     # calibrated val mIoU; docs/RESULTS.md, annotation-types-pairwise)
@@ -199,6 +207,14 @@ class TrainConfig(_Strict):
     def _fill_band(cls, v):
         if v != "auto" and not 0.0 <= v[0] <= v[1] <= 1.0:
             raise ValueError("must be [low, high] with 0 <= low <= high <= 1, or auto")
+        return v
+
+    @field_validator("box_shape_band")
+    @classmethod
+    def _shape_band(cls, v):
+        low, high = v
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"must be [low, high] with 0 <= low <= high <= 1, got {list(v)}")
         return v
 
     @field_validator("tightness_class_weights")

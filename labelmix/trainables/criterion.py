@@ -59,6 +59,7 @@ class Criterion:
     pseudo_ds: bool
     strong_augment: bool
     pseudo_mix: str  # "none" or "cutmix": unlabeled images learn their pseudo-labels on CutMix pairs
+    box_shape_weight: float  # box images' masks hold learned pseudo-masks (box_shapes.py); 0: not read
 
     def terms(self, student, teacher, batch: Batch, pseudo_weight: float) -> dict[str, Tensor]:
         full, weak = batch.types == FULL, batch.types != FULL
@@ -85,6 +86,12 @@ class Criterion:
         if full.any():
             terms["full"] = losses.cross_entropy(main[full], batch.masks[full], self.class_weights) + self.ds(
                 [lv[full] for lv in levels], batch.masks[full], self.ds_weights
+            )
+        box = batch.types == BOX
+        if self.box_shape_weight > 0 and box.any():  # the masks of box images are learned pseudo-masks here
+            terms["box_shape"] = self.box_shape_weight * (
+                losses.cross_entropy(main[box], batch.masks[box], self.class_weights)
+                + self.ds([lv[box] for lv in levels], batch.masks[box], self.ds_weights)
             )
         if weak.any():
             allowed = None  # unlabeled images only: every class is allowed everywhere
@@ -241,6 +248,7 @@ def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: t
         pseudo_ds=config.pseudo_ds,
         strong_augment=config.strong_augment,
         pseudo_mix=config.pseudo_mix,
+        box_shape_weight=config.box_shape_weight,
     )
 
 

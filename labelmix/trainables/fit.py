@@ -11,7 +11,7 @@ import math
 import random
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -23,7 +23,8 @@ from labelmix.trainables.augment import BatchAugmenter
 from labelmix.trainables.batches import TensorSet, batch_indices, make_batch, on_device, to_tensors
 from labelmix.trainables.config import TrainConfig, load_config
 from labelmix.trainables.criterion import Criterion, build_criterion
-from labelmix.trainables.data.annotations import FULL, MixCost, assign_mix, box_fills, mix_cost
+from labelmix.trainables.box_shapes import learned_box_masks
+from labelmix.trainables.data.annotations import BOX, FULL, MixCost, assign_mix, box_fills, mix_cost
 from labelmix.trainables.data.store import ImageStore, load_store
 from labelmix.trainables.metrics import BACKGROUND_OFFSETS, calibrated_scores, offset_confusions, segmentation_scores
 from labelmix.trainables.model import build_model
@@ -97,6 +98,8 @@ def build_run(config: TrainConfig) -> Run:
 
     precision = resolve_precision(config, device)
     train = to_tensors(train_store)
+    if config.box_shape_weight > 0:
+        train = with_learned_box_masks(train, types, store.num_classes, config)
     student = build_model(
         config.encoder, store.num_classes, in_chans=1, ds_depth=config.ds_depth,
         pretrained=config.pretrained, decoder_channels=config.decoder_channels,
@@ -141,6 +144,23 @@ def plan_annotations(config: TrainConfig, store: ImageStore) -> tuple[ImageStore
         raise UserError("dataset: the store has no training images")
     types = assign_mix(len(train_store), config.mix, config.mix.seed)
     return train_store, types, mix_cost(types, train_store.box_counts, store.num_classes, config.cost)
+
+
+def with_learned_box_masks(train: TensorSet, types: np.ndarray, num_classes: int, config: TrainConfig) -> TensorSet:
+    """``train`` with each box image's mask replaced by its learned pseudo-mask (box_shapes.py), from a
+    crop network trained on the masked images alone; the masks of other images are left as they are."""
+    masked, boxed = (torch.from_numpy(np.flatnonzero(types == kind)) for kind in (FULL, BOX))
+    if len(boxed) == 0:
+        return train
+    if not any(len(train.boxes[i]) for i in masked.tolist()):
+        raise UserError("box_shape_weight: the masked training images hold no boxes to learn box shapes from; "
+                        "give the mix more masks (mix.full) or set box_shape_weight 0")
+    low, high = config.box_shape_band
+    pseudo = learned_box_masks(train.images, train.masks, train.boxes, masked, boxed, num_classes,
+                               config.box_shape_steps, low, high, config.seed)
+    masks = train.masks.clone()
+    masks[boxed] = pseudo
+    return replace(train, masks=masks)
 
 
 def masked_box_fills(train_store: ImageStore, types: np.ndarray) -> dict[int, np.ndarray]:
