@@ -10,6 +10,7 @@ from labelmix.trainables.batches import Batch
 from labelmix.trainables.config import load_config
 from labelmix.trainables.criterion import build_criterion
 from labelmix.trainables.data.annotations import BOX, FULL, NONE
+from labelmix.trainables.losses import IGNORE
 
 
 class Recorder(torch.nn.Module):
@@ -223,3 +224,21 @@ def test_cutmix_leaves_the_views_alone_while_the_pseudo_label_weight_is_0():
 def test_pseudo_mix_refuses_an_unknown_kind():
     with pytest.raises(UserError, match="pseudo_mix"):
         load_config({"pseudo_mix": "mixup"})
+
+
+def test_box_shape_weight_reads_the_box_images_masks_as_a_weighted_mask_loss():
+    """The box image's mask holds its learned pseudo-mask: class 1 on the box's 16 pixels, 16 more
+    ignored, background on the other 224. Student [1, 0, 0, 0]: CE log(e + 3) - 1 on background,
+    log(e + 3) x foreground weight 10 on class 1, over the 240 labelled pixels, x box_shape_weight 2.
+    The masked and unlabeled images' masks are not read by this term."""
+    batch = _batch()
+    batch.masks[1, 2:6, 2:6] = 1
+    batch.masks[1, 10:14, 10:14] = IGNORE
+    batch.masks[0] = 2  # the masked image's own mask: its own term
+    student, teacher = Constant([1.0, 0.0, 0.0, 0.0]), Constant([0.0, 0.0, 0.0, 0.0])
+    config = load_config({"ds_depth": 0, "box_shape_weight": 2.0})
+    terms = build_criterion(config, 4, 0, torch.device("cpu")).terms(student, teacher, batch, pseudo_weight=0.0)
+    background, fluid = math.log(math.e + 3) - 1, math.log(math.e + 3)
+    assert terms["box_shape"].item() == pytest.approx(2 * (224 * background + 16 * 10 * fluid) / 240)
+    off = build_criterion(load_config({"ds_depth": 0}), 4, 0, torch.device("cpu")).terms(student, teacher, batch, pseudo_weight=0.0)
+    assert "box_shape" not in off
