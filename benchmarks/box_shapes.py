@@ -26,11 +26,10 @@ from common import save  # noqa: E402
 
 from labelmix.cli import apply_overrides  # noqa: E402
 from labelmix.trainables.batches import to_tensors  # noqa: E402
-from labelmix.trainables.box_shapes import learned_box_masks  # noqa: E402
 from labelmix.trainables.config import load_config  # noqa: E402
 from labelmix.trainables.data.annotations import BOX, FULL  # noqa: E402
 from labelmix.trainables.data.store import load_store  # noqa: E402
-from labelmix.trainables.fit import plan_annotations, resolve_store, seed_everything  # noqa: E402
+from labelmix.trainables.fit import plan_annotations, resolve_store, seed_everything, with_learned_box_masks  # noqa: E402
 from labelmix.trainables.losses import IGNORE  # noqa: E402
 
 
@@ -74,9 +73,7 @@ def main() -> None:
         masked, boxed = (torch.from_numpy(np.flatnonzero(types == kind)) for kind in (FULL, BOX))
         seed_everything(config.seed)
         started = time.perf_counter()
-        low, high = config.box_shape_band
-        pseudo = learned_box_masks(train.images, train.masks, train.boxes, masked, boxed, store.num_classes,
-                                   config.box_shape_steps, low, high, config.seed).long()
+        pseudo = with_learned_box_masks(train, types, store.num_classes, config).masks[boxed].long()
         seconds = time.perf_counter() - started
         truth = train.masks[boxed].long()
         filled = filled_boxes([train.boxes[i] for i in boxed.tolist()], tuple(truth.shape[-2:]))

@@ -41,9 +41,14 @@ class Crops:
     """Boxes cut out of their images, ready for the crop network."""
 
     inputs: Tensor  # K x 2 x CROP x CROP: image, and 1 at the cells inside the box
-    classes: Tensor  # K int64: each box's class
+    boxes: Tensor  # K x 5 int64 [class, y0, x0, y1, x1]: the box of each crop
     regions: Tensor  # K x 4 int64 [y0, x0, y1, x1]: the widened, clipped region each crop samples
     owners: Tensor  # K int64: the image of each box
+
+    @property
+    def classes(self) -> Tensor:
+        """K int64: each box's class."""
+        return self.boxes[:, 0]
 
 
 def regions(boxes: Tensor, height: int, width: int) -> Tensor:
@@ -73,7 +78,7 @@ def cut(images: Tensor, boxes: list[Tensor]) -> Crops:
     inside = (((ys >= every[:, 1:2]) & (ys < every[:, 3:4]))[:, :, None]
               & ((xs >= every[:, 2:3]) & (xs < every[:, 4:5]))[:, None, :])  # K x CROP x CROP
     inputs = torch.cat([image, inside[:, None].to(image.dtype)], dim=1)
-    return Crops(inputs, every[:, 0].clone(), region, owners)
+    return Crops(inputs, every, region, owners)
 
 
 def targets(masks: Tensor, crops: Crops) -> Tensor:
@@ -121,22 +126,20 @@ def box_probabilities(net: torch.nn.Module, crops: Crops) -> Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, CROP, CROP)
 
 
-def pseudo_masks(probs: Tensor, crops: Crops, boxes: Tensor, count: int, size: tuple[int, int],
+def pseudo_masks(probs: Tensor, crops: Crops, count: int, size: tuple[int, int],
                  num_classes: int, low: float, high: float) -> Tensor:
-    """``count`` x H x W uint8 pseudo-masks from each box's probabilities (see the module docstring).
+    """``count`` x H x W uint8 pseudo-masks from each crop's probabilities (see the module docstring).
 
-    ``boxes`` K x 5, the boxes the crops were cut from (same order). Where boxes of two classes both
-    pass ``high`` over a pixel, the more probable class wins.
+    Where boxes of two classes both pass ``high`` over a pixel, the more probable class wins.
     """
     h, w = size
     best = torch.zeros(count, num_classes, h, w)  # per image and class: the highest probability of its boxes
     covered = torch.zeros(count, h, w, dtype=torch.bool)
-    for k in range(len(boxes)):
-        y0, x0, y1, x1 = crops.regions[k].tolist()
+    for k, (box, region, i) in enumerate(zip(crops.boxes.tolist(), crops.regions.tolist(), crops.owners.tolist())):
+        y0, x0, y1, x1 = region
         pasted = F.interpolate(probs[k][None, None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0, 0]
-        _, by0, bx0, by1, bx1 = boxes[k].tolist()
+        c, by0, bx0, by1, bx1 = box
         inner = pasted[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0]
-        i, c = int(crops.owners[k]), int(boxes[k, 0])
         best[i, c, by0:by1, bx0:bx1] = torch.maximum(best[i, c, by0:by1, bx0:bx1], inner)
         covered[i, by0:by1, bx0:bx1] = True
     top, label = best.max(dim=1)
@@ -155,8 +158,5 @@ def learned_box_masks(images: Tensor, masks: Tensor, boxes: list[Tensor], masked
     if len(train.classes) == 0:
         raise ValueError("learned_box_masks: the masked images hold no boxes to learn from")
     net = train_crop_net(train, targets(masks[masked], train), num_classes, steps, generator)
-    box_lists = [boxes[i] for i in boxed.tolist()]
-    apply = cut(images[boxed], box_lists)
-    every = torch.cat([b.long() for b in box_lists]) if len(apply.classes) else torch.zeros(0, 5, dtype=torch.long)
-    return pseudo_masks(box_probabilities(net, apply), apply, every, len(boxed), tuple(images.shape[-2:]),
-                        num_classes, low, high)
+    apply = cut(images[boxed], [boxes[i] for i in boxed.tolist()])
+    return pseudo_masks(box_probabilities(net, apply), apply, len(boxed), tuple(images.shape[-2:]), num_classes, low, high)

@@ -213,15 +213,14 @@ class TrainConfig(_Strict):
     @field_validator("box_fill")
     @classmethod
     def _fill_band(cls, v):
-        if v != "auto" and not 0.0 <= v[0] <= v[1] <= 1.0:
+        if v != "auto" and not _is_band(v):
             raise ValueError("must be [low, high] with 0 <= low <= high <= 1, or auto")
         return v
 
     @field_validator("box_shape_band")
     @classmethod
     def _shape_band(cls, v):
-        low, high = v
-        if not 0.0 <= low <= high <= 1.0:
+        if not _is_band(v):
             raise ValueError(f"must be [low, high] with 0 <= low <= high <= 1, got {list(v)}")
         return v
 
@@ -251,6 +250,11 @@ class TrainConfig(_Strict):
     def digest(self) -> str:
         """Short hash of the whole config (checkpoint compatibility, cache keys)."""
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_band(band: Sequence[float]) -> bool:
+    """Whether ``band`` is an ordered [low, high] within [0, 1]."""
+    return 0.0 <= band[0] <= band[1] <= 1.0
 
 
 def class_weights_by_name(weights: Mapping[str, float], class_names: Sequence[str], field: str) -> tuple[float, ...] | None:

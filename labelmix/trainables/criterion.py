@@ -84,15 +84,10 @@ class Criterion:
         main = self.adjusted(main)
         terms: dict[str, Tensor] = {}
         if full.any():
-            terms["full"] = losses.cross_entropy(main[full], batch.masks[full], self.class_weights) + self.ds(
-                [lv[full] for lv in levels], batch.masks[full], self.ds_weights
-            )
+            terms["full"] = self._mask_loss(main, levels, batch.masks, full)
         box = batch.types == BOX
         if self.box_shape_weight > 0 and box.any():  # the masks of box images are learned pseudo-masks here
-            terms["box_shape"] = self.box_shape_weight * (
-                losses.cross_entropy(main[box], batch.masks[box], self.class_weights)
-                + self.ds([lv[box] for lv in levels], batch.masks[box], self.ds_weights)
-            )
+            terms["box_shape"] = self.box_shape_weight * self._mask_loss(main, levels, batch.masks, box)
         if weak.any():
             allowed = None  # unlabeled images only: every class is allowed everywhere
             if ((batch.types == BOX) | (batch.types == GLOBAL)).any():
@@ -117,6 +112,12 @@ class Criterion:
         if not terms:  # e.g. only unlabeled images during the pseudo-label ramp-up
             terms["zero"] = main.sum() * 0.0
         return terms
+
+    def _mask_loss(self, main: Tensor, levels, masks: Tensor, rows: Tensor) -> Tensor:
+        """The mask loss of the images ``rows`` selects: CE on the main head and deep supervision."""
+        return losses.cross_entropy(main[rows], masks[rows], self.class_weights) + self.ds(
+            [lv[rows] for lv in levels], masks[rows], self.ds_weights
+        )
 
     def adjusted(self, logits: Tensor) -> Tensor:
         """The logits every main-head term reads: as they are, or minus log(class weight)."""

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from labelmix.errors import UserError
-from labelmix.trainables import box_shapes
 from labelmix.trainables.batches import TensorSet
-from labelmix.trainables.box_shapes import CROP, Crops, crop_loss, cut, learned_box_masks, pseudo_masks, regions, targets
+from labelmix.trainables.box_shapes import CROP, crop_loss, cut, learned_box_masks, pseudo_masks, regions, targets
 from labelmix.trainables.config import load_config
 from labelmix.trainables.data.annotations import BOX, FULL, boxes_from_mask
 from labelmix.trainables.fit import with_learned_box_masks
@@ -72,7 +71,7 @@ def _crops_for(boxes, size=8):
 def test_pseudo_masks_label_a_box_by_the_band_and_leave_the_rest_background(prob, expected):
     boxes = torch.tensor([[2, 2, 2, 6, 6]])
     crops = _crops_for(boxes)
-    out = pseudo_masks(torch.full((1, CROP, CROP), prob), crops, boxes, 1, (8, 8), 4, low=0.3, high=0.7)
+    out = pseudo_masks(torch.full((1, CROP, CROP), prob), crops, 1, (8, 8), 4, low=0.3, high=0.7)
     want = torch.zeros(8, 8, dtype=torch.uint8)
     want[2:6, 2:6] = expected
     assert torch.equal(out[0], want)
@@ -82,7 +81,7 @@ def test_pseudo_masks_give_an_overlap_to_the_more_probable_class():
     boxes = torch.tensor([[1, 0, 0, 4, 4], [2, 2, 2, 6, 6]])
     crops = _crops_for(boxes)
     probs = torch.stack([torch.full((CROP, CROP), 0.8), torch.full((CROP, CROP), 0.9)])
-    out = pseudo_masks(probs, crops, boxes, 1, (8, 8), 4, low=0.3, high=0.7)[0]
+    out = pseudo_masks(probs, crops, 1, (8, 8), 4, low=0.3, high=0.7)[0]
     assert out[1, 1].item() == 1 and out[3, 3].item() == 2 and out[5, 5].item() == 2 and out[7, 7].item() == 0
 
 
