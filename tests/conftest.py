@@ -31,7 +31,7 @@ TINY_STUDY: dict[str, Any] = {
         "mix": {"full": {"uniform": [0.1, 1.0]}, "box": {"uniform": [0, 1]}, "none": {"uniform": [0, 1]}},
         "ema_decay": {"loguniform": [0.9, 0.999]},
     },
-    "fixed": {"encoder": "test_resnet", "epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "threads": 1},
+    "fixed": {"encoder": "test_resnet", "epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "threads": 1, "box_shape_steps": 5},
     "search": {"algorithm": "tpe", "trials": 4, "concurrency": 2, "seed": 0},
     "scheduler": {"type": "none"},
 }

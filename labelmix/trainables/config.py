@@ -83,18 +83,22 @@ class TrainConfig(_Strict):
     # box each class fills on the run's own masked images (criterion.box_bands; on 5% masks + 95%
     # boxes +0.002, std 0.029, calibrated val mIoU over 5 paired seeds: not the default)
     box_fill: Union[tuple[float, float], Literal["auto"]] = (0.5, 0.9)
-    # Learned box shapes (box_shapes.py): a small box-conditioned U-Net, trained for box_shape_steps
-    # steps on the masked training images' boxes and masks only, gives each box image a pseudo-mask
-    # (a box's class where it is at least box_shape_band[1] sure, background where at most [0] and
-    # outside all boxes, the rest ignored); box images then also pay box_shape_weight x the mask loss
-    # (CE and deep supervision) on it. 0: off. Measured on 5% masks + 95% boxes (docs/RESULTS.md,
-    # "Learned box shapes"): beside the box priors and the teacher it changes nothing (+0.001 calibrated
-    # val mIoU, 5 paired seeds); as the box images' only loss (tightness, size band, pairwise, negatives
-    # and pseudo_weight all 0) it lifts the row by 0.124 plain val mIoU at every seed (+0.016
-    # calibrated) and puts it 0.044 plain (0.054 calibrated) under all masks; at 10% masks + 90% boxes
-    # the same recipe is 0.088 plain under all masks (std 0.086: PED learned late at one seed). Not the
-    # default: those zeros would also switch off the global-label and unlabeled images' terms.
-    box_shape_weight: float = Field(0.0, ge=0)
+    # What box images learn from. "shapes": learned box shapes (box_shapes.py) as if they were masks:
+    # a small box-conditioned U-Net, trained for box_shape_steps steps on the masked training images'
+    # boxes and masks only, gives each box image a pseudo-mask (a box's class where it is at least
+    # box_shape_band[1] sure, background where at most [0] and outside all boxes, the rest ignored),
+    # and the box images pay box_shape_weight x the mask loss (CE and deep supervision) on it and no
+    # other term (no box priors, exact negatives, weak DS targets or teacher); global-label and
+    # unlabeled images keep theirs. "priors": the box priors (tightness, size band, pairwise), exact
+    # negatives and the teacher, the defaults until 2026-12-07. "both": the learned shapes' mask loss
+    # beside the priors. "auto" (default): "shapes" where the masked training images hold boxes to
+    # learn from, else "priors" (a run reports which as train/box_shapes, 1 or 0).
+    # Measured (docs/RESULTS.md, "Learned box shapes"; 5 paired seeds each, val mIoU): on 5% masks + 95%
+    # boxes "shapes" scored 0.124 plain over "priors" at every seed (+0.016 calibrated) and 0.044 plain
+    # under all masks; on 10% masks + 90% boxes +0.093 plain at 4 of 5 seeds (+0.001 calibrated), 0.088
+    # plain under all masks; "both" +0.001 calibrated on 5% + boxes.
+    box_supervision: Literal["auto", "priors", "shapes", "both"] = "auto"
+    box_shape_weight: float = Field(1.0, gt=0)
     box_shape_steps: int = Field(500, ge=1)
     box_shape_band: tuple[float, float] = (0.3, 0.7)
     # inside boxes, neighbours of similar intensity share a class (BoxInst). On 5% masks + 95% boxes weight 2,

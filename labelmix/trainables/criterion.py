@@ -7,7 +7,7 @@ the step sums them. Every term is a mean over what it counts (losses.py, weak_lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable, Mapping, Sequence
 
@@ -60,9 +60,14 @@ class Criterion:
     strong_augment: bool
     pseudo_mix: str  # "none" or "cutmix": unlabeled images learn their pseudo-labels on CutMix pairs
     box_shape_weight: float  # box images' masks hold learned pseudo-masks (box_shapes.py); 0: not read
+    box_as_masks: bool  # box_supervision "shapes": box images pay only the box_shape term
 
     def terms(self, student, teacher, batch: Batch, pseudo_weight: float) -> dict[str, Tensor]:
-        full, weak = batch.types == FULL, batch.types != FULL
+        full, box = batch.types == FULL, batch.types == BOX
+        shape_rows = box if self.box_shape_weight > 0 else torch.zeros_like(box)
+        if self.box_as_masks:  # every weak-label path below sees the box images as masked ones
+            batch = replace(batch, types=torch.where(box, FULL, batch.types))
+        weak = batch.types != FULL
         images = batch.images
         # The student learns weak images from a strong view; the teacher sees the weak one. Images
         # that carry no loss (unlabeled ones while the pseudo-label weight is 0, as in "5% alone")
@@ -85,9 +90,8 @@ class Criterion:
         terms: dict[str, Tensor] = {}
         if full.any():
             terms["full"] = self._mask_loss(main, levels, batch.masks, full)
-        box = batch.types == BOX
-        if self.box_shape_weight > 0 and box.any():  # the masks of box images are learned pseudo-masks here
-            terms["box_shape"] = self.box_shape_weight * self._mask_loss(main, levels, batch.masks, box)
+        if shape_rows.any():  # the masks of box images are learned pseudo-masks here
+            terms["box_shape"] = self.box_shape_weight * self._mask_loss(main, levels, batch.masks, shape_rows)
         if weak.any():
             allowed = None  # unlabeled images only: every class is allowed everywhere
             if ((batch.types == BOX) | (batch.types == GLOBAL)).any():
@@ -206,10 +210,13 @@ def box_bands(box_fill, fills: Mapping[int, np.ndarray], num_classes: int) -> tu
 
 def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: torch.device,
                     masked_fills: Mapping[int, np.ndarray] | None = None,
-                    class_names: Sequence[str] | None = None) -> Criterion:
+                    class_names: Sequence[str] | None = None, box_supervision: str = "priors") -> Criterion:
     """The run's loss: every choice of the config resolved once. ``masked_fills``: the box fills of
     the masked training images (``annotations.box_fills``), read by ``box_fill: auto``;
-    ``class_names``: the dataset's (index = class), read by the per-class weights."""
+    ``class_names``: the dataset's (index = class), read by the per-class weights;
+    ``box_supervision``: the config's, resolved (fit.resolve_box_supervision: not "auto")."""
+    if box_supervision not in ("priors", "shapes", "both"):
+        raise ValueError(f"build_criterion: box_supervision must be resolved, got {box_supervision!r}")
     level_weights = tuple(config.ds_level_weights or (1.0,) * depth)
     if len(level_weights) != depth:
         raise UserError(f"ds_level_weights: {len(level_weights)} weights for {depth} supervised levels")
@@ -249,7 +256,8 @@ def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: t
         pseudo_ds=config.pseudo_ds,
         strong_augment=config.strong_augment,
         pseudo_mix=config.pseudo_mix,
-        box_shape_weight=config.box_shape_weight,
+        box_shape_weight=0.0 if box_supervision == "priors" else config.box_shape_weight,
+        box_as_masks=box_supervision == "shapes",
     )
 
 

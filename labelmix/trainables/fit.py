@@ -49,6 +49,7 @@ class Run:
     test: TensorSet
     types: torch.Tensor  # annotation type per training image
     cost_metrics: dict[str, float]
+    box_supervision: str  # resolved: "priors", "shapes" or "both" (resolve_box_supervision)
     class_names: tuple[str, ...]
     student: torch.nn.Module
     teacher: Any  # timm.utils.ModelEmaV3
@@ -77,7 +78,8 @@ def train(run: Run, report: Report, resume_from: str | None = None) -> dict[str,
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         train_metrics = train_epoch(run, epoch, total_steps)
-        metrics = {**train_metrics, **run.cost_metrics, **evaluate_models(run, run.val, "val")}
+        metrics = {**train_metrics, "train/box_shapes": float(run.box_supervision != "priors"),
+                   **run.cost_metrics, **evaluate_models(run, run.val, "val")}
         if epoch == config.epochs - 1:
             offset = metrics.get("val/background_offset", 0.0)  # chosen on val; test is never tuned on
             metrics.update(evaluate_models(run, run.test, "test", student_and_teacher=False, background_offset=offset))
@@ -98,7 +100,8 @@ def build_run(config: TrainConfig) -> Run:
 
     precision = resolve_precision(config, device)
     train = to_tensors(train_store)
-    if config.box_shape_weight > 0:
+    box_supervision = resolve_box_supervision(config.box_supervision, train, types)
+    if box_supervision != "priors":
         train = with_learned_box_masks(train, types, store.num_classes, config)
     student = build_model(
         config.encoder, store.num_classes, in_chans=1, ds_depth=config.ds_depth,
@@ -112,7 +115,7 @@ def build_run(config: TrainConfig) -> Run:
         torch.backends.cudnn.benchmark = True  # shapes are fixed within a run
     criterion = build_criterion(config, store.num_classes, student.ds_depth, device,
                                 masked_fills=masked_box_fills(train_store, types) if config.box_fill == "auto" else None,
-                                class_names=store.class_names)
+                                class_names=store.class_names, box_supervision=box_supervision)
     steps = config.steps_per_epoch or max(1, len(train_store) // config.batch_size)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return Run(
@@ -123,6 +126,7 @@ def build_run(config: TrainConfig) -> Run:
         test=to_tensors(limit(store.split("test"), config.dataset.max_eval_images)),
         types=torch.from_numpy(types.astype(np.int64)),
         cost_metrics=cost.metrics(),
+        box_supervision=box_supervision,
         class_names=store.class_names,
         student=student,
         teacher=make_teacher(student, config.ema_decay, warmup=config.ema_warmup),
@@ -152,15 +156,33 @@ def with_learned_box_masks(train: TensorSet, types: np.ndarray, num_classes: int
     masked, boxed = (torch.from_numpy(np.flatnonzero(types == kind)) for kind in (FULL, BOX))
     if len(boxed) == 0:
         return train
-    if not any(len(train.boxes[i]) for i in masked.tolist()):
-        raise UserError("box_shape_weight: the masked training images hold no boxes to learn box shapes from; "
-                        "give the mix more masks (mix.full) or set box_shape_weight 0")
+    if not masked_boxes(train, types):
+        raise ValueError("with_learned_box_masks: the masked training images hold no boxes (resolve_box_supervision checks this)")
     low, high = config.box_shape_band
     pseudo = learned_box_masks(train.images, train.masks, train.boxes, masked, boxed, num_classes,
                                config.box_shape_steps, low, high, config.seed)
     masks = train.masks.clone()
     masks[boxed] = pseudo
     return replace(train, masks=masks)
+
+
+def masked_boxes(train: TensorSet, types: np.ndarray) -> int:
+    """How many boxes the masked training images hold: what learned box shapes learn from."""
+    return sum(len(train.boxes[i]) for i in np.flatnonzero(types == FULL))
+
+
+def resolve_box_supervision(setting: str, train: TensorSet, types: np.ndarray) -> str:
+    """What the box images of a run learn from (``TrainConfig.box_supervision``): "auto" is "shapes"
+    where the masked training images hold boxes to learn them from and "priors" otherwise; "shapes"
+    or "both" without such boxes, in a mix with box images, is a UserError."""
+    has_box_images = bool((types == BOX).any())
+    learnable = masked_boxes(train, types) > 0
+    if setting == "auto":
+        return "shapes" if has_box_images and learnable else "priors"
+    if setting != "priors" and has_box_images and not learnable:
+        raise UserError(f"box_supervision: {setting} learns box shapes from the masked training images, and they hold "
+                        "no boxes; give the mix more masks (mix.full) or set box_supervision to priors or auto")
+    return setting
 
 
 def masked_box_fills(train_store: ImageStore, types: np.ndarray) -> dict[int, np.ndarray]:

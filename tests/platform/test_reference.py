@@ -23,7 +23,7 @@ SPEC = {
         "mix": {"full": {"uniform": [0.1, 1.0]}, "box": {"uniform": [0, 1]}},
         "ds_type": {"choice": ["none", "multi_label"]},
     },
-    "fixed": {"encoder": "test_resnet", "epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "threads": 1},
+    "fixed": {"encoder": "test_resnet", "epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "threads": 1, "box_shape_steps": 5},
     "search": {"algorithm": "tpe", "trials": 3, "concurrency": 1, "seed": 4},
     "scheduler": {"type": "none"},
 }

@@ -11,7 +11,7 @@ from labelmix.trainables.batches import TensorSet
 from labelmix.trainables.box_shapes import CROP, crop_loss, cut, learned_box_masks, pseudo_masks, regions, targets
 from labelmix.trainables.config import load_config
 from labelmix.trainables.data.annotations import BOX, FULL, boxes_from_mask
-from labelmix.trainables.fit import with_learned_box_masks
+from labelmix.trainables.fit import resolve_box_supervision, with_learned_box_masks
 from labelmix.trainables.losses import IGNORE
 
 
@@ -126,20 +126,32 @@ def test_the_crop_network_learns_a_shape_a_filled_box_gets_wrong(one_thread):
     assert bool((pseudo[~inside] == 0).all())  # outside every box: background, exactly
 
 
-def test_box_shapes_need_boxes_on_the_masked_images():
+def test_box_supervision_auto_learns_shapes_where_the_masked_images_hold_boxes():
+    images, masks, boxes = _discs(4, seed=1)
+    train = TensorSet(images, masks, torch.ones(4, 2), boxes)
+    assert resolve_box_supervision("auto", train, np.array([FULL, FULL, BOX, BOX])) == "shapes"
+    assert resolve_box_supervision("auto", train, np.array([FULL, FULL, 2, 3])) == "priors"  # no box images
+    assert resolve_box_supervision("both", train, np.array([FULL, FULL, BOX, BOX])) == "both"
+    bare = TensorSet(images, masks, torch.ones(4, 2), [boxes[0][:0], boxes[1][:0], boxes[2], boxes[3]])
+    assert resolve_box_supervision("auto", bare, np.array([FULL, FULL, BOX, BOX])) == "priors"  # nothing to learn from
+    assert resolve_box_supervision("priors", bare, np.array([FULL, FULL, BOX, BOX])) == "priors"
+
+
+@pytest.mark.parametrize("setting", ["shapes", "both"])
+def test_box_shapes_asked_for_need_boxes_on_the_masked_images(setting):
     images, masks, boxes = _discs(4, seed=1)
     train = TensorSet(images, masks, torch.ones(4, 2), [boxes[0][:0], boxes[1][:0], boxes[2], boxes[3]])
-    types = np.array([FULL, FULL, BOX, BOX])
-    config = load_config({"box_shape_weight": 1.0})
-    with pytest.raises(UserError, match="box_shape_weight: the masked training images hold no boxes"):
-        with_learned_box_masks(train, types, 2, config)
+    with pytest.raises(UserError, match=f"box_supervision: {setting} learns box shapes .* hold no boxes"):
+        resolve_box_supervision(setting, train, np.array([FULL, FULL, BOX, BOX]))
+    # without box images there is nothing to learn shapes for, and nothing to refuse
+    assert resolve_box_supervision(setting, train, np.array([FULL, FULL, 3, 3])) == setting
 
 
 def test_box_shapes_replace_only_the_box_images_masks(one_thread):
     images, masks, boxes = _discs(4, seed=1)
     train = TensorSet(images, masks.clone(), torch.ones(4, 2), boxes)
     types = np.array([FULL, BOX, FULL, 3])  # 3: unlabeled
-    out = with_learned_box_masks(train, types, 2, load_config({"box_shape_weight": 1.0, "box_shape_steps": 2}))
+    out = with_learned_box_masks(train, types, 2, load_config({"box_shape_steps": 2}))
     assert torch.equal(out.masks[[0, 2, 3]], masks[[0, 2, 3]]) and torch.equal(out.images, images)
     _, y0, x0, y1, x1 = boxes[1][0].tolist()
     outside = torch.ones(16, 16, dtype=torch.bool)

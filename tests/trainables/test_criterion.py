@@ -92,13 +92,15 @@ def test_logit_adjust_every_main_head_term_reads_logits_minus_log_class_weight()
 
 
 class Constant(torch.nn.Module):
-    """A stand-in network with the same logits at every pixel."""
+    """A stand-in network with the same logits at every pixel; keeps what it was given."""
 
     def __init__(self, logits):
         super().__init__()
         self.logits = torch.tensor(logits)
+        self.seen = []
 
     def forward(self, x):
+        self.seen.append(x.clone())
         return self.logits.view(1, -1, 1, 1).expand(x.shape[0], -1, *x.shape[-2:]).clone(), []
 
 
@@ -237,8 +239,37 @@ def test_box_shape_weight_reads_the_box_images_masks_as_a_weighted_mask_loss():
     batch.masks[0] = 2  # the masked image's own mask: its own term
     student, teacher = Constant([1.0, 0.0, 0.0, 0.0]), Constant([0.0, 0.0, 0.0, 0.0])
     config = load_config({"ds_depth": 0, "box_shape_weight": 2.0})
-    terms = build_criterion(config, 4, 0, torch.device("cpu")).terms(student, teacher, batch, pseudo_weight=0.0)
+    terms = build_criterion(config, 4, 0, torch.device("cpu"), box_supervision="both").terms(student, teacher, batch, pseudo_weight=0.0)
     background, fluid = math.log(math.e + 3) - 1, math.log(math.e + 3)
     assert terms["box_shape"].item() == pytest.approx(2 * (224 * background + 16 * 10 * fluid) / 240)
-    off = build_criterion(load_config({"ds_depth": 0}), 4, 0, torch.device("cpu")).terms(student, teacher, batch, pseudo_weight=0.0)
+    assert {"negative", "tightness", "box_size", "pairwise"} <= set(terms)  # "both": beside the box priors
+    off = build_criterion(config, 4, 0, torch.device("cpu"), box_supervision="priors").terms(student, teacher, batch, pseudo_weight=0.0)
     assert "box_shape" not in off
+
+
+def test_box_supervision_shapes_trains_box_images_on_their_learned_masks_alone():
+    """Under "shapes" the box image pays the learned-mask loss (the value of the test above at weight
+    1) and nothing else: no box prior or exact negative, no strong view, no teacher; the unlabeled image
+    keeps its pseudo-label term. Teacher [0, 2, 0, 0]: class 1 at probability e^2 / (e^2 + 3) = 0.71,
+    under the 0.9 threshold, so with threshold 0 the unlabeled image's pseudo-label is class 1
+    everywhere and the student [1, 0, 0, 0] pays log(e + 3) (pseudo-label foreground weight 1)."""
+    batch = _batch()
+    batch.masks[1, 2:6, 2:6] = 1
+    batch.masks[1, 10:14, 10:14] = IGNORE
+    batch.masks[0] = 2
+    student, teacher = Constant([1.0, 0.0, 0.0, 0.0]), Constant([0.0, 2.0, 0.0, 0.0])
+    config = load_config({"ds_depth": 0, "strong_augment": True, "pseudo_threshold": 0})
+    criterion = build_criterion(config, 4, 0, torch.device("cpu"), box_supervision="shapes")
+    terms = criterion.terms(student, teacher, batch, pseudo_weight=1.0)
+    background, fluid = math.log(math.e + 3) - 1, math.log(math.e + 3)
+    assert set(terms) == {"full", "box_shape", "pseudo"}
+    assert terms["box_shape"].item() == pytest.approx((224 * background + 16 * 10 * fluid) / 240)
+    assert terms["full"].item() == pytest.approx(10 * fluid)  # the masked image: class 2 everywhere
+    assert terms["pseudo"].item() == pytest.approx(fluid)
+    assert torch.equal(teacher.seen[0], batch.images[2:])  # the teacher sees the unlabeled image only
+    assert torch.equal(student.seen[0][:2], batch.images[:2])  # the box image keeps the weak view
+
+
+def test_build_criterion_wants_a_resolved_box_supervision():
+    with pytest.raises(ValueError, match="resolved"):
+        build_criterion(load_config({"ds_depth": 0}), 4, 0, torch.device("cpu"), box_supervision="auto")

@@ -25,6 +25,7 @@ def tiny(tmp_path, **overrides):
         "steps_per_epoch": 2,
         "threads": 1,
         "pseudo_rampup": 0.0,
+        "box_supervision": "priors",  # the box terms these tests look at; learned shapes: their own tests
         "cache_dir": str(tmp_path / "cache"),
     }
     values.update(overrides)
@@ -39,6 +40,7 @@ def test_fit_reports_every_epoch_with_design_names(tmp_path):
     for key in ("train/loss", "val/miou", "val/miou_bg", "val/iou/IRF", "val/dice/SRF", "val/student/miou",
                 "val/teacher/miou", "cost/hours", "cost/reduction", "labels/full", "labels/box"):
         assert key in first, key
+    assert first["train/box_shapes"] == 0.0  # box_supervision priors: no learned shapes
     assert "test/miou" in final and "test/miou" not in first  # the test split is scored once, at the end
     # calibrated scores: the offset is chosen on val and test is scored with val's offset
     assert final["val/miou_calibrated"] >= final["val/miou"]
@@ -196,6 +198,15 @@ def test_ds_weight_scales_deep_supervision_but_not_weak_label_terms(tmp_path):
     # full = CE + ds_weight * DS, so the DS part grows exactly 5x from 0.2 to 1.0
     assert high["full"] - no_ds["full"] == pytest.approx(5 * (low["full"] - no_ds["full"]), rel=1e-5)
     assert "weak_ds" not in no_ds or no_ds["weak_ds"] == 0.0
+
+
+def test_by_default_box_images_learn_from_learned_shapes_and_the_others_keep_their_terms(tmp_path):
+    seen = []
+    fit(tiny(tmp_path, box_supervision="auto", box_shape_steps=2, epochs=1), lambda m, c: seen.append(dict(m)))
+    terms = {name.removeprefix("train/") for name in seen[0] if name.startswith("train/")}
+    assert seen[0]["train/box_shapes"] == 1.0
+    assert {"full", "box_shape", "negative", "presence", "weak_ds", "pseudo"} <= terms  # global and unlabeled images: theirs
+    assert not {"tightness", "box_size", "pairwise"} & terms  # no box prior
 
 
 def test_weak_label_terms_switch_off_by_their_weights(tmp_path):

@@ -30,7 +30,7 @@ SPEC = {
     "dataset": {"synthetic": {"volumes": 5, "slices": 4, "height": 64, "width": 64, "seed": 3}},
     "objectives": [{"metric": "val/miou", "mode": "max"}, {"metric": "cost/hours", "mode": "min"}],
     "space": {"cases": {"grid": CASES}},
-    "fixed": {"encoder": "test_resnet", "epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "threads": 1},
+    "fixed": {"encoder": "test_resnet", "epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "threads": 1, "box_shape_steps": 5},
     "search": {"algorithm": "grid", "concurrency": 2, "seed": 0},
     "scheduler": {"type": "none"},
 }
