@@ -1,7 +1,7 @@
 """How good the learned box shapes are: pseudo-masks of the box images against their true masks.
 
 For each seed, the mix's masked training images train the crop network (box_shapes.py, the run's
-``box_shape_steps`` and ``box_shape_band``) exactly as a trial with ``box_shape_weight`` > 0 does;
+``box_shape_steps`` and ``box_shape_band``) exactly as a trial with learned box shapes (``box_supervision`` shapes, both or auto) does;
 its pseudo-masks of the mix's box images are then scored against the true masks those images
 have in the store (which no trial reads): per class the IoU over the pixels the pseudo-mask labels,
 the IoU counting its ignored pixels as misses, and the share of the class's true pixels it ignores.
