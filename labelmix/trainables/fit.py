@@ -173,12 +173,15 @@ def masked_boxes(train: TensorSet, types: np.ndarray) -> int:
 
 def resolve_box_supervision(setting: str, train: TensorSet, types: np.ndarray) -> str:
     """What the box images of a run learn from (``TrainConfig.box_supervision``): "auto" is "shapes"
-    where the masked training images hold boxes to learn them from and "priors" otherwise; "shapes"
-    or "both" without such boxes, in a mix with box images, is a UserError."""
+    where every training image has a mask or boxes, some have boxes and the masked ones hold boxes to
+    learn shapes from, and "priors" otherwise (beside image-level-labelled images the shapes lost to
+    the priors: docs/RESULTS.md, "Learned box shapes as the default"); "shapes" or "both" without
+    boxes on the masked images, in a mix with box images, is a UserError."""
     has_box_images = bool((types == BOX).any())
     learnable = masked_boxes(train, types) > 0
     if setting == "auto":
-        return "shapes" if has_box_images and learnable else "priors"
+        only_masks_and_boxes = bool(np.isin(types, (FULL, BOX)).all())
+        return "shapes" if has_box_images and learnable and only_masks_and_boxes else "priors"
     if setting != "priors" and has_box_images and not learnable:
         raise UserError(f"box_supervision: {setting} learns box shapes from the masked training images, and they hold "
                         "no boxes; give the mix more masks (mix.full) or set box_supervision to priors or auto")

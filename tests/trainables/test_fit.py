@@ -200,9 +200,18 @@ def test_ds_weight_scales_deep_supervision_but_not_weak_label_terms(tmp_path):
     assert "weak_ds" not in no_ds or no_ds["weak_ds"] == 0.0
 
 
-def test_by_default_box_images_learn_from_learned_shapes_and_the_others_keep_their_terms(tmp_path):
+def test_by_default_a_mix_of_masks_and_boxes_learns_from_learned_shapes(tmp_path):
     seen = []
-    fit(tiny(tmp_path, box_supervision="auto", box_shape_steps=2, epochs=1), lambda m, c: seen.append(dict(m)))
+    fit(tiny(tmp_path, box_supervision="auto", box_shape_steps=2, epochs=1, mix={"full": 0.5, "box": 0.5}),
+        lambda m, c: seen.append(dict(m)))
+    terms = {name.removeprefix("train/") for name in seen[0] if name.startswith("train/")}
+    assert seen[0]["train/box_shapes"] == 1.0
+    assert {"full", "box_shape"} <= terms and not {"tightness", "box_size", "pairwise", "negative", "pseudo"} & terms
+
+
+def test_box_supervision_shapes_keeps_the_global_and_unlabeled_images_terms(tmp_path):
+    seen = []
+    fit(tiny(tmp_path, box_supervision="shapes", box_shape_steps=2, epochs=1), lambda m, c: seen.append(dict(m)))
     terms = {name.removeprefix("train/") for name in seen[0] if name.startswith("train/")}
     assert seen[0]["train/box_shapes"] == 1.0
     assert {"full", "box_shape", "negative", "presence", "weak_ds", "pseudo"} <= terms  # global and unlabeled images: theirs
