@@ -156,8 +156,6 @@ def with_learned_box_masks(train: TensorSet, types: np.ndarray, num_classes: int
     masked, boxed = (torch.from_numpy(np.flatnonzero(types == kind)) for kind in (FULL, BOX))
     if len(boxed) == 0:
         return train
-    if not masked_boxes(train, types):
-        raise ValueError("with_learned_box_masks: the masked training images hold no boxes (resolve_box_supervision checks this)")
     low, high = config.box_shape_band
     pseudo = learned_box_masks(train.images, train.masks, train.boxes, masked, boxed, num_classes,
                                config.box_shape_steps, low, high, config.seed)
