@@ -43,6 +43,11 @@ class TrainConfig(_Strict):
     # data and annotation
     dataset: DataConfig = DataConfig(synthetic=SynthSettings())
     mix: AnnotationMix = AnnotationMix()  # fractions per annotation type and the seed that assigns them
+    # which images get the richest labels: "random" ranks the training images by a permutation seeded by
+    # mix.seed; "classes" asks every image's classes first (an image-level label, charged in cost/hours
+    # to the masked and unlabeled images) and ranks them so the masked images show every class, and
+    # fluid-free images, as evenly as they allow (annotations.class_balanced_order). Both nest as mix.seed's ranking
+    mix_selection: Literal["random", "classes"] = "random"
     cost: CostModel = CostModel()
     # network
     encoder: str = "resnet18"  # any timm name with features_only, or "unet"

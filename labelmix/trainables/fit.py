@@ -146,8 +146,10 @@ def plan_annotations(config: TrainConfig, store: ImageStore) -> tuple[ImageStore
     train_store = limit(store.split("train"), config.dataset.max_train_images)
     if len(train_store) == 0:
         raise UserError("dataset: the store has no training images")
-    types = assign_mix(len(train_store), config.mix, config.mix.seed)
-    return train_store, types, mix_cost(types, train_store.box_counts, store.num_classes, config.cost)
+    classes_asked = config.mix_selection == "classes"
+    types = assign_mix(len(train_store), config.mix, config.mix.seed,
+                       labels=train_store.global_labels if classes_asked else None)
+    return train_store, types, mix_cost(types, train_store.box_counts, store.num_classes, config.cost, classes_asked)
 
 
 def with_learned_box_masks(train: TensorSet, types: np.ndarray, num_classes: int, config: TrainConfig) -> TensorSet:

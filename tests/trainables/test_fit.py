@@ -105,6 +105,7 @@ def test_non_finite_loss_stops_at_once(tmp_path, monkeypatch):
         ({"ema_decay": 0.0}, "ema_decay"),
         ({"box_fill": "tight"}, "box_fill"),
         ({"box_fill": [0.9, 0.5]}, "box_fill"),
+        ({"mix_selection": "balanced"}, "mix_selection"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, override, field):

@@ -117,17 +117,56 @@ def mix_counts(n: int, mix: AnnotationMix) -> np.ndarray:
     return np.diff(np.concatenate([[0], cumulative]))
 
 
-def assign_mix(n: int, mix: AnnotationMix, seed: int) -> np.ndarray:
+def class_balanced_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A ranking of the images in which every class is shown as evenly as the images allow.
+
+    ``labels`` is N x C bool (an image's classes, column 0 background, as ``global_label``). The
+    strata are the foreground classes and "no foreground"; each next image is the first (in one
+    seeded permutation) not yet ranked that shows the stratum shown least so far, ties going to
+    the stratum with fewer images in all, then the lower column. Counts are of images: an image
+    counts towards every class it shows. A stratum runs out when all its images are ranked.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    if labels.ndim != 2 or labels.shape[1] < 2:
+        raise ValueError(f"labels must be N x C with C >= 2 (background + a class), got shape {labels.shape}")
+    foreground = labels[:, 1:]
+    strata = np.concatenate([foreground, ~foreground.any(axis=1, keepdims=True)], axis=1)  # N x S
+    permutation = np.random.default_rng(seed).permutation(len(labels))
+    queues = [permutation[strata[permutation, s]] for s in range(strata.shape[1])]
+    heads = [0] * len(queues)
+    shown = np.zeros(strata.shape[1], dtype=np.int64)
+    sizes = strata.sum(axis=0)
+    ranked = np.zeros(len(labels), dtype=bool)
+    order = []
+    for _ in range(len(labels)):
+        open_strata = []
+        for s, queue in enumerate(queues):
+            while heads[s] < len(queue) and ranked[queue[heads[s]]]:
+                heads[s] += 1
+            if heads[s] < len(queue):
+                open_strata.append(s)
+        s = min(open_strata, key=lambda s: (shown[s], sizes[s], s))  # every image is in some stratum
+        image = queues[s][heads[s]]
+        ranked[image] = True
+        shown += strata[image]
+        order.append(image)
+    return np.asarray(order, dtype=np.int64)
+
+
+def assign_mix(n: int, mix: AnnotationMix, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
     """Annotation type (index into ANNOTATION_TYPES) of each of n training images.
 
-    One seeded permutation ranks the images; the first ranks get ``full``, the next ``box``,
-    then ``global``, the rest ``none``. So, for one seed, the images labelled *at least* as
-    richly as a type form a prefix of the ranking: a smaller full fraction labels a subset of
-    what a larger one labels, and likewise for full+box and full+box+global.
+    One seeded ranking orders the images; the first ranks get ``full``, the next ``box``, then
+    ``global``, the rest ``none``. So, for one seed, the images labelled *at least* as richly as a
+    type form a prefix of the ranking: a smaller full fraction labels a subset of what a larger one
+    labels, and likewise for full+box and full+box+global. The ranking is a seeded permutation, or,
+    given the images' class labels (N x C bool), ``class_balanced_order``.
     """
     if n < 0:
         raise UserError(f"number of images must be >= 0, got {n}")
-    order = np.random.default_rng(seed).permutation(n)
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"{len(labels)} class labels for {n} images")
+    order = np.random.default_rng(seed).permutation(n) if labels is None else class_balanced_order(labels, seed)
     types_by_rank = np.repeat(np.arange(4, dtype=np.int8), mix_counts(n, mix))
     types = np.empty(n, dtype=np.int8)
     types[order] = types_by_rank
@@ -168,11 +207,16 @@ class MixCost:
         return out
 
 
-def image_seconds(types: np.ndarray, box_counts: np.ndarray, num_classes: int, cost: CostModel) -> np.ndarray:
+def image_seconds(types: np.ndarray, box_counts: np.ndarray, num_classes: int, cost: CostModel,
+                  classes_asked: bool = False) -> np.ndarray:
     """Annotation seconds of each image given its type and its number of boxes.
 
     A global label asks the annotator about every foreground class (background is not asked).
+    ``classes_asked``: every image's classes were asked before the mix was assigned (the masks chosen
+    by ``class_balanced_order``), so the masked and the unlabeled images pay a global label on top;
+    box and global-label images' own labels already tell their classes.
     """
+    asked = np.isin(types, (FULL, NONE)) * (num_classes - 1) * cost.global_seconds if classes_asked else 0.0
     per_type = np.stack(
         [
             np.full(len(types), cost.full_seconds),
@@ -181,18 +225,20 @@ def image_seconds(types: np.ndarray, box_counts: np.ndarray, num_classes: int, c
             np.zeros(len(types)),
         ]
     )  # 4 x N
-    return per_type[types.astype(np.int64), np.arange(len(types))]
+    return per_type[types.astype(np.int64), np.arange(len(types))] + asked
 
 
-def mix_cost(types: np.ndarray, box_counts: np.ndarray, num_classes: int, cost: CostModel) -> MixCost:
-    """Counts, hours and both readings of the paper's reduction for one assignment."""
+def mix_cost(types: np.ndarray, box_counts: np.ndarray, num_classes: int, cost: CostModel,
+             classes_asked: bool = False) -> MixCost:
+    """Counts, hours and both readings of the paper's reduction for one assignment
+    (``classes_asked`` as in ``image_seconds``)."""
     types = np.asarray(types)
     box_counts = np.asarray(box_counts)
     if types.shape != box_counts.shape:
         raise UserError(f"types and box_counts differ in length: {types.shape} vs {box_counts.shape}")
     n = len(types)
     counts = np.bincount(types.astype(np.int64), minlength=4)
-    hours = float(image_seconds(types, box_counts, num_classes, cost).sum()) / 3600.0
+    hours = float(image_seconds(types, box_counts, num_classes, cost, classes_asked).sum()) / 3600.0
     hours_full = n * cost.full_seconds / 3600.0
     return MixCost(
         counts={name: int(c) for name, c in zip(ANNOTATION_TYPES, counts)},

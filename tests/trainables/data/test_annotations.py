@@ -7,6 +7,7 @@ from labelmix.trainables.data.annotations import (
     CostModel,
     assign_mix,
     boxes_from_mask,
+    class_balanced_order,
     global_label,
     mix_cost,
     mix_counts,
@@ -61,6 +62,47 @@ def test_assignment_is_nested():
     # "at least box" (full or box) is nested too, and so is "at least global"
     assert set(np.flatnonzero(small <= 1)) <= set(np.flatnonzero(large <= 1))
     assert set(np.flatnonzero(small <= 2)) <= set(np.flatnonzero(large <= 2))  # 0.40 vs 0.60
+
+
+def test_class_balanced_order_shows_the_least_shown_stratum_next():
+    # columns: background, A, B. Strata: A = {0, 1, 2}, B = {2}, no foreground = {3, 4, 5}.
+    labels = np.array([[1, 1, 0], [1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 0, 0], [1, 0, 0]], dtype=bool)
+    order = class_balanced_order(labels, seed=5)
+    # 1: all shown 0, B has fewest images -> 2 (shows A and B). 2: "none" shown 0 -> a fluid-free image.
+    # 3: A and "none" shown once each (B has run out), same size, A's column first -> an A image.
+    # 4: none (1 < 2). 5: A and none tie again -> A. 6: none.
+    assert order[0] == 2
+    permutation = np.random.default_rng(5).permutation(6)
+    assert order[[1, 3, 5]].tolist() == [i for i in permutation if i in (3, 4, 5)]  # in the seed's order
+    assert order[[2, 4]].tolist() == [i for i in permutation if i in (0, 1)]
+    assert not np.array_equal(class_balanced_order(labels, seed=6)[1:], order[1:])
+
+
+def test_class_balanced_masks_show_a_rare_class_that_random_ones_miss():
+    labels = np.zeros((200, 3), dtype=bool)
+    labels[:, 0] = True
+    labels[:100, 1] = True  # a common class in 100 images
+    labels[100:106, 2] = True  # a rare class in 6 others; 94 images show neither
+    mix = AnnotationMix(full=0.05, none=0.95)  # 10 masked images
+    masked = labels[assign_mix(200, mix, seed=1, labels=labels) == 0]
+    # strata by fewest shown, ties to the smaller: rare, none, common, rare, none, common, rare, none, common, rare
+    assert [masked[:, 2].sum(), masked[:, 1].sum(), (~masked[:, 1:].any(axis=1)).sum()] == [4, 3, 3]
+    assert sum(labels[assign_mix(200, mix, seed=s) == 0][:, 2].sum() == 0 for s in range(10)) >= 5  # random: mostly none
+    small = assign_mix(200, AnnotationMix(0.05, 0.10, 0.25, 0.60), seed=7, labels=labels)
+    large = assign_mix(200, AnnotationMix(0.20, 0.30, 0.10, 0.40), seed=7, labels=labels)
+    assert set(np.flatnonzero(small == 0)) <= set(np.flatnonzero(large == 0))  # nested as the random ranking
+    assert set(np.flatnonzero(small <= 1)) <= set(np.flatnonzero(large <= 1))
+    with pytest.raises(ValueError, match="3 class labels for 200 images"):
+        assign_mix(200, mix, seed=1, labels=labels[:3])
+
+
+def test_cost_when_every_image_was_asked_its_classes_first():
+    types = np.array([0, 1, 2, 3])
+    boxes = np.array([2, 2, 2, 2])
+    asked = mix_cost(types, boxes, num_classes=4, cost=CostModel(), classes_asked=True)
+    # full 240 + 3, box 2 * 7 (its boxes tell its classes), global 3, none 0 + 3 = 263 s
+    assert asked.hours == pytest.approx(263 / 3600)
+    assert mix_cost(types, boxes, num_classes=4, cost=CostModel()).hours == pytest.approx(257 / 3600)
 
 
 def test_cost_of_a_known_mix():
