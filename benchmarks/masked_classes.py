@@ -7,7 +7,7 @@ paired grid). With ``--trials PARQUET --case NAME`` it adds that case's val IoU 
 seed beside the counts, so a lost class can be read against how few masked images showed it.
 
 Run: .venv/bin/python benchmarks/masked_classes.py [--seeds 0 1 2 3 4] [--set mix.full=0.05 ...]
-     [--trials docs/studies/trials/STUDY/trials.parquet --case "5% alone"]
+     [--trials docs/studies/trials/STUDY/trials.parquet --case "5% alone"] [--name masked_classes]
 (default: 5% masks + 95% unlabeled on the built-in synthetic set; the other images' types do not
 change which images are masked).
 """
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--trials", help="a study's trials.parquet: add a case's val IoU per class")
     parser.add_argument("--case", help="the case of --trials to read")
+    parser.add_argument("--name", default="masked_classes", help="results/<name>.json (default masked_classes)")
     args = parser.parse_args()
     if bool(args.trials) != bool(args.case):
         parser.error("--trials and --case go together")
@@ -76,7 +77,7 @@ def main() -> None:
         cells = "  ".join(f"{i:>13} / {p:>6}" for i, p in zip(row["images_with"], row["pixels"]))
         iou = " / ".join(f"{v:.3f}" for v in row["val_iou"]) if row.get("val_iou") else ""
         print(f"{row['seed']:>4} {row['masked_images']:>6}  {cells}  {iou}")
-    save("masked_classes", {"set": args.set, "trials": args.trials, "case": args.case, "class_names": names, "rows": rows})
+    save(args.name, {"set": args.set, "trials": args.trials, "case": args.case, "class_names": names, "rows": rows})
 
 
 if __name__ == "__main__":
