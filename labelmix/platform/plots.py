@@ -32,11 +32,13 @@ MIX_TYPES = (("full", "F"), ("box", "B"), ("global", "G"), ("none", "N"))
 
 
 def mix_label(row) -> str:
-    """``F6% B40% G30% N24%`` from the ``config/mix.*`` fractions of one trial row (``?`` without a mix)."""
+    """``F6% B40% G30% N24%`` from the ``config/mix.*`` fractions of one trial row (``?`` without a mix),
+    with `` by class`` where the masks went to a class-balanced subset (``config/mix_selection``)."""
     values = [_float(row.get(f"config/mix.{kind}")) for kind, _ in MIX_TYPES]
     if all(v is None for v in values):
         return "?"
-    return " ".join(f"{letter}{100 * (v or 0.0):.0f}%" for (_, letter), v in zip(MIX_TYPES, values))
+    label = " ".join(f"{letter}{100 * (v or 0.0):.0f}%" for (_, letter), v in zip(MIX_TYPES, values))
+    return f"{label} by class" if row.get("config/mix_selection") == "classes" else label
 
 
 def _label(metric: str, short: bool = False) -> str:

@@ -332,6 +332,9 @@ def test_frontier_pictures(tmp_path):
     assert {i["mix"] for i in infos} == {"F10% B0% G30% N60%", "F50% B50% G0% N0%"}
     assert "annotation cost (hours)" in page and "foreground mIoU (val)" in page
     assert mix_label({"config/ds_type": "none"}) == "?"
+    assert mix_label({"config/mix.full": 0.05, "config/mix.global": 0.95, "config/mix_selection": "classes"}) \
+        == "F5% B0% G95% N0% by class"
+    assert mix_label({"config/mix.full": 0.05, "config/mix.none": 0.95, "config/mix_selection": "random"}) == "F5% B0% G0% N95%"
     frontier_html(table.iloc[:0], tmp_path / "empty.html")  # an empty study still gives a page
     frontier_png(table.iloc[:0], tmp_path / "empty.png")
 
