@@ -300,3 +300,18 @@ def test_the_batch_rule_sets_the_masked_images_per_batch(tmp_path, monkeypatch, 
     fit(config, lambda metrics, ckpt: None)
     (types, plan), = plans
     assert ((types[plan] == 0).sum(axis=1) == expected).all()
+
+
+def test_class_balanced_selection_masks_other_images_and_charges_the_asked_labels(tmp_path):
+    from labelmix.trainables.data.annotations import FULL, NONE, class_balanced_order
+
+    mix = {"full": 0.25, "none": 0.75, "seed": 2}
+    store = fit_module.load_store(fit_module.resolve_store(tiny(tmp_path, mix=mix)))
+    train, random_types, random_cost = fit_module.plan_annotations(tiny(tmp_path, mix=mix), store)
+    _, types, cost = fit_module.plan_annotations(tiny(tmp_path, mix=mix, mix_selection="classes"), store)
+    masked = np.flatnonzero(types == FULL)
+    assert sorted(masked) == sorted(class_balanced_order(train.global_labels, seed=2)[:len(masked)])
+    assert len(masked) == (random_types == FULL).sum()
+    # 3 foreground classes x 1 s on each masked and each unlabeled image, on top of the same mix at random
+    asked_hours = 3 * ((types == FULL).sum() + (types == NONE).sum()) / 3600
+    assert cost.hours == pytest.approx(random_cost.hours + asked_hours)
