@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import difflib
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import timm
 import torch
@@ -180,6 +182,24 @@ class SegmentationNet(nn.Module):
             for head, f, r in zip(self.ds_heads, levels, self.ds_reductions)
         ]
         return main, level_logits
+
+
+@contextmanager
+def frozen_running_stats(model: nn.Module) -> Iterator[None]:
+    """Forward passes inside leave every normalisation layer's running averages as they were.
+
+    Training-mode layers still normalise with the batch's own statistics; only the update of the
+    running mean and variance (what evaluation reads) is skipped, by a momentum of 0 for the duration.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
 
 
 def _unknown_encoder(encoder: str) -> UserError:

@@ -64,6 +64,47 @@ def test_without_strong_augment_both_see_the_same_view():
     assert torch.equal(teacher_in, batch.images[1:])
 
 
+def test_separate_strong_stats_run_the_weak_view_of_the_batch_then_the_strong_views_alone():
+    batch = _batch()
+    shared, shared_in, _ = _terms(strong_augment=True)
+    torch.manual_seed(0)
+    student, teacher = Recorder(), Recorder()
+    config = load_config({"ds_depth": 0, "strong_augment": True, "strong_view_stats": "separate"})
+    terms = build_criterion(config, 4, 0, torch.device("cpu")).terms(student, teacher, batch, pseudo_weight=1.0)
+    first, second = student.seen
+    assert torch.equal(first, batch.images)  # the whole batch at its weak view
+    assert torch.equal(second, shared_in[1:])  # then the weak images' strong views, the same draw as "shared"
+    assert torch.equal(teacher.seen[0], batch.images[1:])
+    assert {k: v.item() for k, v in terms.items()} == {k: v.item() for k, v in shared.items()}
+
+
+class Normalised(torch.nn.Module):
+    """A stand-in network whose 4 logits are one BatchNorm of the image: the layer the strong view
+    would shift."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm2d(1)
+
+    def forward(self, x):
+        return self.norm(x).expand(-1, 4, -1, -1), []
+
+
+@pytest.mark.parametrize("stats", ["shared", "separate"])
+def test_only_the_weak_view_updates_the_running_averages_when_separate(stats):
+    """The batch's images are half 0.2, half 0.8: mean 0.5, so one update at momentum 0.1 from the
+    weak view leaves a running mean of 0.05; the strong views (other intensities) move it elsewhere."""
+    torch.manual_seed(0)
+    student, teacher = Normalised(), Recorder()
+    config = load_config({"ds_depth": 0, "strong_augment": True, "strong_view_stats": stats})
+    build_criterion(config, 4, 0, torch.device("cpu")).terms(student, teacher, _batch(), pseudo_weight=1.0)
+    running = student.norm.running_mean.item()
+    if stats == "separate":
+        assert running == pytest.approx(0.05)
+    else:
+        assert abs(running - 0.05) > 1e-3
+
+
 def test_images_without_a_loss_keep_the_weak_view():
     torch.manual_seed(0)
     student, teacher = Recorder(), Recorder()

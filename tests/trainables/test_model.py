@@ -5,7 +5,7 @@ import timm
 import torch
 
 from labelmix.errors import UserError
-from labelmix.trainables.model import build_model, num_levels
+from labelmix.trainables.model import build_model, frozen_running_stats, num_levels
 
 
 def _sizes(levels):
@@ -110,3 +110,21 @@ def test_other_bad_arguments():
         build_model("unet", pretrained=True)
     with pytest.raises(UserError, match="num_classes"):
         build_model("unet", num_classes=1, unet_base_channels=2)
+
+
+def test_frozen_running_stats_normalise_by_the_batch_and_leave_the_averages():
+    """A batch of one channel with values 1 and 3: training mode normalises by its own mean 2 and
+    (biased) variance 1, so the output is -1 and +1 (eps aside); the running averages stay at
+    0 and 1, momentum is 0.1 again afterwards, and the next pass outside updates them by 0.1 x
+    (mean 2, unbiased variance 2)."""
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.ReLU())
+    x = torch.tensor([1.0, 3.0]).view(2, 1, 1, 1)
+    with frozen_running_stats(model):
+        out = model(x)
+    assert out.flatten().tolist() == pytest.approx([0.0, 1.0], abs=1e-4)
+    bn = model[0]
+    assert bn.running_mean.item() == 0.0 and bn.running_var.item() == 1.0
+    assert bn.momentum == 0.1
+    model(x)
+    assert bn.running_mean.item() == pytest.approx(0.2)
+    assert bn.running_var.item() == pytest.approx(0.9 + 0.1 * 2.0)
