@@ -47,7 +47,7 @@ def _terms(**fields):
 
 def test_student_sees_a_strong_view_of_weak_images_and_the_teacher_the_weak_one():
     batch = _batch()
-    terms, student_in, teacher_in = _terms(strong_augment=True)
+    terms, student_in, teacher_in = _terms(strong_augment=True, strong_view_stats="shared")  # one pass
     assert torch.equal(teacher_in, batch.images[1:])  # the teacher: the weak (as batched) view
     assert torch.equal(student_in[0], batch.images[0])  # a fully labelled image is left as it is
     assert not torch.allclose(student_in[1:], batch.images[1:], atol=1e-3)  # the views differ ...
@@ -66,10 +66,10 @@ def test_without_strong_augment_both_see_the_same_view():
 
 def test_separate_strong_stats_run_the_weak_view_of_the_batch_then_the_strong_views_alone():
     batch = _batch()
-    shared, shared_in, _ = _terms(strong_augment=True)
+    shared, shared_in, _ = _terms(strong_augment=True, strong_view_stats="shared")
     torch.manual_seed(0)
     student, teacher = Recorder(), Recorder()
-    config = load_config({"ds_depth": 0, "strong_augment": True, "strong_view_stats": "separate"})
+    config = load_config({"ds_depth": 0, "strong_augment": True})  # strong_view_stats: separate, the default
     terms = build_criterion(config, 4, 0, torch.device("cpu")).terms(student, teacher, batch, pseudo_weight=1.0)
     first, second = student.seen
     assert torch.equal(first, batch.images)  # the whole batch at its weak view
@@ -108,7 +108,8 @@ def test_only_the_weak_view_updates_the_running_averages_when_separate(stats):
 def test_images_without_a_loss_keep_the_weak_view():
     torch.manual_seed(0)
     student, teacher = Recorder(), Recorder()
-    criterion = build_criterion(load_config({"ds_depth": 0, "strong_augment": True}), 4, 0, torch.device("cpu"))
+    config = load_config({"ds_depth": 0, "strong_augment": True, "strong_view_stats": "shared"})  # one pass
+    criterion = build_criterion(config, 4, 0, torch.device("cpu"))
     batch = _batch()
     criterion.terms(student, teacher, batch, pseudo_weight=0.0)  # "5% alone": unlabeled images carry no loss
     seen = student.seen[0]
