@@ -148,7 +148,9 @@ class TrainConfig(_Strict):
     # the teacher predicts on the student's own view. Threshold 0.9 (0 until 2026-12-07): on 5% masks
     # + 95% boxes +0.020 calibrated val mIoU (std 0.016, 4 of 5 paired seeds; 0.95 +0.005), on 95%
     # global labels +0.010 (0.054), on 95% unlabeled +0.004 (docs/RESULTS.md, annotation-types-box-teacher,
-    # -threshold, -unlabeled).
+    # -threshold, -unlabeled). Beside class-balanced masks the strong view cost 0.092 on 95% unlabeled
+    # images (0 of 5 paired seeds higher), 0.039 with strong_view_stats separate (docs/RESULTS.md,
+    # annotation-types-balanced-teacher, -separate).
     pseudo_threshold: float = Field(0.9, ge=0, le=1)
     strong_augment: bool = False
     # BatchNorm under the strong view (read only with strong_augment). "shared": one forward pass over
