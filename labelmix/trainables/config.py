@@ -121,7 +121,9 @@ class TrainConfig(_Strict):
     pairwise_threshold: float = Field(0.05, gt=0)
     # a present global class fills its top presence_area pixels. On 5% masks + 95% global labels off it
     # gained 0.058 calibrated val mIoU at each of 5 paired seeds, but the plain argmax lost classes;
-    # over 64 pixels -0.074 (docs/RESULTS.md, annotation-types-global-presence)
+    # over 64 pixels -0.074 (docs/RESULTS.md, annotation-types-global-presence). Beside class-balanced
+    # masks (mix_selection: classes) it cost 0.093 at every seed and the exact negatives 0.124, each
+    # added alone to the teacher's pseudo-labels (annotation-types-balanced-global-terms)
     presence_weight: float = Field(1.0, ge=0)
     presence_area: int = Field(16, ge=1)  # pixels at full resolution; 1 is the hard max
     # x ds_weights: the exact multi-label targets of the weak labels at the DS levels, for global-label
