@@ -192,14 +192,16 @@ def frozen_running_stats(model: nn.Module) -> Iterator[None]:
     running mean and variance (what evaluation reads) is skipped, by a momentum of 0 for the duration.
     """
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
-    momenta = [m.momentum for m in layers]
+    # the pass count too: a layer with momentum None averages over it
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in layers]
     for m in layers:
         m.momentum = 0.0
     try:
         yield
     finally:
-        for m, momentum in zip(layers, momenta):
+        for m, (momentum, count) in zip(layers, saved):
             m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 def _unknown_encoder(encoder: str) -> UserError:

@@ -114,7 +114,7 @@ def test_other_bad_arguments():
 
 def test_frozen_running_stats_normalise_by_the_batch_and_leave_the_averages():
     """A batch of one channel with values 1 and 3: training mode normalises by its own mean 2 and
-    (biased) variance 1, so the output is -1 and +1 (eps aside); the running averages stay at
+    (biased) variance 1, so the output is -1 and +1 (eps aside), 0 and 1 after the ReLU; the running averages stay at
     0 and 1, momentum is 0.1 again afterwards, and the next pass outside updates them by 0.1 x
     (mean 2, unbiased variance 2)."""
     model = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.ReLU())
