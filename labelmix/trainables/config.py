@@ -79,6 +79,10 @@ class TrainConfig(_Strict):
     # exact negatives per pixel on the main head (box and global images); 3: 5% masks + 95% boxes, seed 0,
     # val mIoU 0.432 at 1, 0.473 at 3, 0.424 at 10 (docs/RESULTS.md)
     negative_weight: float = Field(3.0, ge=0)
+    # the exact negatives of image-level-labelled images alone; None: negative_weight, as box images'.
+    # Beside class-balanced masks they cost 0.124 calibrated val mIoU at every seed (docs/RESULTS.md,
+    # annotation-types-balanced-global-terms); 0 turns them off where box images keep theirs
+    global_negative_weight: float | None = Field(None, ge=0)
     tightness_weight: float = Field(1.0, ge=0)  # every row and column of a box holds its class
     # x tightness_weight for the boxes of the named classes ({IRF: 0.3}); classes not named keep 1.
     # Small, clustered objects and large ones may want different pulls: at tightness_weight 0.3 for

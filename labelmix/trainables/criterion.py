@@ -38,7 +38,8 @@ class Criterion:
     pseudo_class_weights: Tensor | None
     logit_offset: Tensor | None  # C: log(class weight), subtracted from the main head's logits (logit_adjust)
     pseudo_offset: Tensor | None  # C: log(class weight), subtracted from the teacher's logits before pseudo-labelling (logit_adjust or pseudo_debias)
-    negative_weight: float
+    negative_weight: float  # box images' exact negatives
+    global_negative_weight: float  # image-level-labelled images' exact negatives
     tightness_weight: float
     tightness_class_weights: tuple[float, ...] | None  # per class, x tightness_weight; None: 1 for all
     box_size_weight: float
@@ -147,8 +148,8 @@ class Criterion:
         terms: dict[str, Tensor] = {}
         if not labelled.any():
             return terms
-        if self.negative_weight > 0:
-            terms["negative"] = self.negative_weight * weak_losses.negative_loss(main[labelled], allowed[labelled])
+        if self.negative_weight > 0 or self.global_negative_weight > 0:
+            terms["negative"] = self._negative_term(main, allowed, box, labelled)
         boxes = [b if is_box else b[:0] for b, is_box in zip(batch.boxes, box.tolist())]  # box images' boxes only
         if box.any() and (self.tightness_weight > 0 or self.box_size_weight > 0):
             rows = box.nonzero().flatten().tolist()
@@ -176,6 +177,13 @@ class Criterion:
                 terms["weak_ds"] = sum(parts)
         terms |= self._max_pool_terms(levels, batch, box_mask, box, glob)
         return terms
+
+    def _negative_term(self, main: Tensor, allowed: Tensor, box: Tensor, labelled: Tensor) -> Tensor:
+        """The exact negatives of the labelled images, each at its annotation type's weight."""
+        if self.negative_weight == self.global_negative_weight:  # one weight: the sum as before the split, to the bit
+            return self.negative_weight * weak_losses.negative_loss(main[labelled], allowed[labelled])
+        weights = torch.where(box, self.negative_weight, self.global_negative_weight)[labelled]
+        return weak_losses.negative_loss(main[labelled], allowed[labelled], weights.float())
 
     def _max_pool_terms(self, levels, batch: Batch, box_mask: Tensor, box: Tensor, glob: Tensor) -> dict[str, Tensor]:
         """The first formulation (hard max over the map / over the box), kept for ablations."""
@@ -240,6 +248,8 @@ def build_criterion(config: TrainConfig, num_classes: int, depth: int, device: t
         logit_offset=log_weights if adjust else None,
         pseudo_offset=log_weights if adjust or config.pseudo_debias else None,  # logit_adjust's pseudo-labels read adjusted logits too
         negative_weight=config.negative_weight,
+        global_negative_weight=(config.negative_weight if config.global_negative_weight is None
+                                else config.global_negative_weight),
         tightness_weight=config.tightness_weight,
         tightness_class_weights=class_weights_by_name(
             config.tightness_class_weights, class_names or [str(i) for i in range(num_classes)], "tightness_class_weights"),

@@ -22,15 +22,19 @@ from labelmix.trainables.batches import gaussian_blur
 Boxes = Sequence[Tensor]  # per image K x 5 int64 [class, y0, x0, y1, x1], half-open
 
 
-def negative_loss(logits: Tensor, allowed: Tensor) -> Tensor:
+def negative_loss(logits: Tensor, allowed: Tensor, image_weights: Tensor | None = None) -> Tensor:
     """Exact negatives: mean over pixels of -log(softmax mass on the classes allowed there).
 
     A pixel where every class is allowed contributes 0; outside all boxes (only background allowed)
     the term is the background CE; an absent global class takes no probability anywhere.
+    ``image_weights`` (B): each image's pixels count times its weight, the mean still over all
+    B x H x W pixels (None: every image at 1).
     """
     logp = logits.float().log_softmax(1)  # B x C x H x W
     allowed_logp = logp.masked_fill(~allowed, float("-inf")).logsumexp(1)  # B x H x W
-    return -allowed_logp.mean()
+    if image_weights is None:
+        return -allowed_logp.mean()
+    return -(allowed_logp.mean((1, 2)) * image_weights).mean()
 
 
 def box_prior_losses(logits: Tensor, boxes: Boxes, sharpness: float,

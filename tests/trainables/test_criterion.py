@@ -9,7 +9,7 @@ from labelmix.errors import UserError
 from labelmix.trainables.batches import Batch
 from labelmix.trainables.config import load_config
 from labelmix.trainables.criterion import build_criterion
-from labelmix.trainables.data.annotations import BOX, FULL, NONE
+from labelmix.trainables.data.annotations import BOX, FULL, GLOBAL, NONE
 from labelmix.trainables.losses import IGNORE
 
 
@@ -131,6 +131,49 @@ def test_logit_adjust_every_main_head_term_reads_logits_minus_log_class_weight()
     assert weighted["negative"].item() == pytest.approx(3 * (240 * math.log(4) + 16 * math.log(2)) / 256)
     # the teacher's adjusted logits make background the pseudo-label everywhere; unweighted CE on them
     assert adjusted["pseudo"].item() == pytest.approx(math.log(2))
+
+
+def _box_and_global_batch():
+    """A box image (one class-1 box of 4 x 4 pixels) and an image-level-labelled one without fluid."""
+    return Batch(
+        images=torch.full((2, 1, 16, 16), 0.5),
+        masks=torch.zeros(2, 16, 16, dtype=torch.long),
+        types=torch.tensor([BOX, GLOBAL]),
+        global_labels=torch.tensor([[1.0, 1, 0, 0], [1.0, 0, 0, 0]]),
+        boxes=[torch.tensor([[1, 2, 2, 6, 6]]), torch.zeros(0, 5, dtype=torch.long)],
+    )
+
+
+@pytest.mark.parametrize(("fields", "box_weight", "global_weight"), [
+    ({}, 3.0, 3.0),  # None: image-level labels take negative_weight, as box images do
+    ({"global_negative_weight": 0.0}, 3.0, 0.0),
+    ({"global_negative_weight": 1.0, "negative_weight": 0.0}, 0.0, 1.0),
+])
+def test_global_negative_weight_weighs_the_image_level_labels_exact_negatives_alone(fields, box_weight, global_weight):
+    """Zero logits over 4 classes (p = 1/4), unweighted CE. Box image: 240 pixels outside the box
+    allow only background (-log 1/4), the 16 inside background and class 1 (-log 1/2). The
+    fluid-free image-level label allows only background everywhere (-log 1/4 at all 256 pixels).
+    The term is the mean over both images' pixels, each image's at its type's weight."""
+    config = load_config({"ds_depth": 0, "class_balance": "weight", "foreground_weight": 1.0, "presence_weight": 0.0,
+                          "tightness_weight": 0.0, "box_size_weight": 0.0, "pairwise_weight": 0.0, **fields})
+    criterion = build_criterion(config, 4, 0, torch.device("cpu"))
+    terms = criterion.terms(Recorder(), Recorder(), _box_and_global_batch(), pseudo_weight=0.0)
+    box_loss = (240 * math.log(4) + 16 * math.log(2)) / 256
+    assert set(terms) == {"negative"}
+    assert terms["negative"].item() == pytest.approx((box_weight * box_loss + global_weight * math.log(4)) / 2)
+
+
+def test_both_negative_weights_at_zero_leave_no_negative_term():
+    config = load_config({"ds_depth": 0, "negative_weight": 0.0, "global_negative_weight": 0.0})
+    terms = build_criterion(config, 4, 0, torch.device("cpu")).terms(
+        Recorder(), Recorder(), _box_and_global_batch(), pseudo_weight=0.0)
+    assert "negative" not in terms
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan")])
+def test_global_negative_weight_refuses_what_is_not_a_weight(value):
+    with pytest.raises(UserError, match="global_negative_weight"):
+        load_config({"global_negative_weight": value})
 
 
 class Constant(torch.nn.Module):
