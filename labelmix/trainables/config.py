@@ -76,7 +76,7 @@ class TrainConfig(_Strict):
     ds_negative_rule: Literal["all_labelled", "any_labelled"] = "all_labelled"
     # weak labels, dense (weak_losses.py): each term a mean per pixel, line, box or cell, so 1 is
     # "as strong as a mask" per unit
-    # exact negatives per pixel on the main head (box and global images); 3: 5% masks + 95% boxes, seed 0,
+    # exact negatives per pixel on the main head (box images, and global ones unless global_negative_weight is set); 3: 5% masks + 95% boxes, seed 0,
     # val mIoU 0.432 at 1, 0.473 at 3, 0.424 at 10 (docs/RESULTS.md)
     negative_weight: float = Field(3.0, ge=0)
     # the exact negatives of image-level-labelled images alone; None: negative_weight, as box images'.

@@ -183,7 +183,7 @@ class Criterion:
         if self.negative_weight == self.global_negative_weight:  # one weight: the sum as before the split, to the bit
             return self.negative_weight * weak_losses.negative_loss(main[labelled], allowed[labelled])
         weights = torch.where(box, self.negative_weight, self.global_negative_weight)[labelled]
-        return weak_losses.negative_loss(main[labelled], allowed[labelled], weights.float())
+        return weak_losses.negative_loss(main[labelled], allowed[labelled], weights)
 
     def _max_pool_terms(self, levels, batch: Batch, box_mask: Tensor, box: Tensor, glob: Tensor) -> dict[str, Tensor]:
         """The first formulation (hard max over the map / over the box), kept for ablations."""
